@@ -1,0 +1,74 @@
+"""Teacher block: any timm backbone with three feature taps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from kdad.blocks.weights import resolve_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Teacher(nn.Module):
+    """A timm backbone that returns the feature maps of ``out_indices`` (default: the stride 4/8/16 stages).
+
+    Inputs are images normalised with ImageNet mean/std (kdad's single convention for every data module and
+    synthesis block). Backbones pretrained with other statistics (TF-style EfficientNet-Lite uses 0.5/0.5) get
+    an exact per-channel affine re-normalisation in front, so their features are what their weights expect.
+
+    ``frozen=True`` (every method except RD with Expert's trainable teacher) keeps the network in eval mode
+    with no gradients whatever ``.train()`` is called with, so BatchNorm statistics never drift.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        weights: str = "package:efficientnet_lite0",
+        out_indices: Sequence[int] = (1, 2, 3),
+        frozen: bool = True,
+        weights_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        resolved = resolve_weights(backbone, weights, weights_cache_dir)
+        self.backbone_name = backbone
+        self.weights = weights
+        self.body = timm.create_model(
+            backbone, features_only=True, out_indices=tuple(out_indices), **resolved.timm_kwargs()
+        )
+        self.channels: list[int] = list(self.body.feature_info.channels())
+        self.reductions: list[int] = list(self.body.feature_info.reduction())
+        mean, std = self._pretrained_stats(self.body)
+        # x_model = (x * std_in + mean_in - mean_model) / std_model, folded into one scale and shift.
+        scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        self.register_buffer("input_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", shift.view(1, 3, 1, 1), persistent=False)
+        self.renormalise = not (torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3)))
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
+
+    @staticmethod
+    def _pretrained_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+    def train(self, mode: bool = True) -> Teacher:
+        return super().train(mode and not self.frozen)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        if self.renormalise:
+            images = images * self.input_scale + self.input_shift
+        if self.frozen:
+            with torch.no_grad():
+                return list(self.body(images))
+        return list(self.body(images))
+
+    def extra_repr(self) -> str:
+        return f"backbone={self.backbone_name}, weights={self.weights}, channels={self.channels}, frozen={self.frozen}"

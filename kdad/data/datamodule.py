@@ -1,0 +1,346 @@
+"""LightningDataModule base shared by every benchmark.
+
+A subclass only says where the files are (``find_samples``) and which categories exist; splitting,
+validation policy, checks, caching, preloading and loaders are implemented once here.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from kdad.data.cache import DecodeCache
+from kdad.data.dataset import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, Sample
+from kdad.data.decode import INTERPOLATIONS, MASK_RESIZE_MODES, check_choice, read_size
+from kdad.data.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+VAL_SOURCES = ("none", "train_split", "test")
+SPLITS = ("train", "validation", "test")
+
+
+def hold_out(samples: Sequence[Sample], fraction: float, seed: int, what: str) -> tuple[list[Sample], list[Sample]]:
+    """Split ``samples`` into (kept, held_out) with ``round(fraction * n)`` (at least 1) held out, seeded.
+
+    Both parts keep the input order, so the split only depends on the file list and the seed.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"{what}: the held-out fraction must be between 0 and 1 (exclusive), got {fraction}.")
+    n = len(samples)
+    n_out = max(1, round(fraction * n))
+    if n_out >= n:
+        raise DatasetError(
+            f"{what}: cannot hold out {fraction:.0%} of {n} image(s) and keep at least one; add images or "
+            "lower the fraction."
+        )
+    chosen = set(np.random.default_rng(seed).permutation(n)[:n_out].tolist())
+    kept = [s for i, s in enumerate(samples) if i not in chosen]
+    held = [s for i, s in enumerate(samples) if i in chosen]
+    return kept, held
+
+
+def seed_augmentation_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
+
+    albumentations' Compose carries its own RNG, copied verbatim into every worker, so without this all
+    workers would draw identical augmentations. ``torch.initial_seed()`` in a worker is derived from the
+    loader's seeded generator and the worker id, so runs stay reproducible.
+    """
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def count_by_defect(samples: Sequence[Sample]) -> dict[str, int]:
+    counts = Counter(s.defect_type for s in samples)
+    return {"total": len(samples), **dict(sorted(counts.items()))}
+
+
+class AnomalyDataModule(L.LightningDataModule, abc.ABC):
+    """Base data module: train (normal images), optional validation, and test splits of one category.
+
+    Args:
+        root: dataset folder on disk (``~`` is expanded).
+        category: category (sub-dataset) name, e.g. "bottle".
+        image_size: side of the square images fed to the model (resize, no crop).
+        interpolation: "bilinear" or "bicubic" image resampling.
+        mask_resize: "nearest" or "bilinear_threshold" mask resizing.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (defaults to batch_size).
+        num_workers: DataLoader worker processes (persistent when > 0).
+        pin_memory: pin host memory in the loaders.
+        val_source: "none"; "train_split" (hold out ``val_split`` of the normal training images, seeded, or
+            the benchmark's own validation split where it has one); "test" (validate on the test set).
+        val_split: fraction held out for val_source="train_split".
+        seed: seeds the validation hold-out, the training shuffle and the augmentations.
+        cache_dir: folder for the on-disk decode cache; None keeps decoded images in memory only.
+        preload: decode every image of every split into the cache at setup (also finds corrupt files early).
+        train_augmentations: albumentations transforms (or a Compose) applied to training images and masks.
+    """
+
+    name: ClassVar[str] = ""
+    official_categories: ClassVar[tuple[str, ...]] = ()
+    has_validation_split: ClassVar[bool] = False  # True where the benchmark ships normal validation images
+
+    def __init__(
+        self,
+        root: str,
+        category: str,
+        image_size: int = 256,
+        interpolation: str = "bilinear",
+        mask_resize: str = "nearest",
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_source: str = "none",
+        val_split: float = 0.2,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        preload: bool = True,
+        train_augmentations: list | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(str(root)).expanduser()
+        self.category = str(category)
+        if int(image_size) <= 0:
+            raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}.")
+        self.image_size = int(image_size)
+        self.interpolation = check_choice(interpolation, tuple(INTERPOLATIONS), "interpolation")
+        self.mask_resize = check_choice(mask_resize, MASK_RESIZE_MODES, "mask_resize")
+        self.val_source = check_choice(val_source, VAL_SOURCES, "val_source")
+        if val_source == "train_split" and not 0.0 < val_split < 1.0:
+            raise DatasetError(f"val_split must be between 0 and 1 (exclusive), got {val_split}.")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.val_split = float(val_split)
+        self.seed = int(seed)
+        self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir is not None else None
+        self.preload = bool(preload)
+        self.train_transform = self._compose(train_augmentations)
+        self.cache = DecodeCache(self.cache_dir)
+        self._data_root: Path | None = None
+        self._samples: dict[str, list[Sample]] | None = None
+        self._datasets: dict[str, AnomalyDataset | None] = {}
+
+    # ----------------------------------------------------------------------------------- benchmark hooks
+    @abc.abstractmethod
+    def find_samples(self, split: str) -> list[Sample]:
+        """The samples of ``split`` ("train", "test", or "validation" where the benchmark has one)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def available_categories(cls, root: str | Path) -> list[str]:
+        """Categories present under ``root`` in this benchmark's layout (sorted)."""
+
+    def locate_root(self) -> Path:
+        """The folder ``find_samples`` reads (generators override this to create it first)."""
+        if not self.root.is_dir():
+            problem = "is a file, not a folder" if self.root.exists() else "does not exist"
+            raise DatasetError(
+                f"{self.name} dataset root {self.root} {problem}. Set data.root to the folder that holds the "
+                f"category folders (see docs/data.md)."
+            )
+        return self.root
+
+    def check_category(self) -> None:
+        """Raise a DatasetError listing the valid categories unless ``self.category`` is one."""
+        found = self.available_categories(self.data_root)
+        # A category folder that exists but is malformed gets the more precise layout error of find_samples.
+        if self.category in found or (self.data_root / self.category).is_dir():
+            return
+        hint = ""
+        if (self.data_root / "train").is_dir():
+            hint = f" {self.data_root} itself looks like a category folder: set data.root to its parent."
+        raise DatasetError(
+            f"unknown {self.name} category '{self.category}' under {self.data_root}. Categories found there: "
+            f"{', '.join(found) or 'none'}. Official {self.name} categories: "
+            f"{', '.join(self.official_categories) or 'n/a'}.{hint}"
+        )
+
+    def describe_layout(self) -> dict[str, Any]:
+        """Benchmark-specific entries for ``describe()`` (e.g. the detected VisA layout)."""
+        return {}
+
+    # ----------------------------------------------------------------------------------- set-up
+    @property
+    def data_root(self) -> Path:
+        if self._data_root is None:
+            self._data_root = self.locate_root()
+        return self._data_root
+
+    @property
+    def category_dir(self) -> Path:
+        return self.data_root / self.category
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index, check and (optionally) preload every split once; later calls are no-ops."""
+        if self._samples is not None:
+            return
+        self.check_category()
+        train = self.find_samples("train")
+        test = self.find_samples("test")
+        validation: list[Sample] | None = None
+        if self.val_source == "train_split":
+            if self.has_validation_split:
+                validation = self.find_samples("validation")
+            else:
+                normals = [s for s in train if s.label == 0]
+                others = [s for s in train if s.label != 0]
+                kept, validation = hold_out(normals, self.val_split, self.seed, f"validation split of {self.category_dir}")
+                train = kept + others
+        if not train:
+            raise DatasetError(
+                f"no training images found for {self.name} category '{self.category}' under {self.category_dir}. "
+                "Add normal images to the training folder (see docs/data.md for the expected layout)."
+            )
+        if not test:
+            raise DatasetError(
+                f"no test images found for {self.name} category '{self.category}' under {self.category_dir}. "
+                "Add test images (see docs/data.md for the expected layout)."
+            )
+        for split_samples in (train, validation or [], test):
+            check_mask_sizes(split_samples)
+        self._samples = {"train": train, "test": test}
+        if validation is not None:
+            self._samples["validation"] = validation
+        self._build_datasets()
+        if self.preload:
+            for dataset in {id(d): d for d in self._datasets.values() if d is not None}.values():
+                dataset.preload()
+
+    def _build_datasets(self) -> None:
+        assert self._samples is not None
+        pixel_gt = self.has_pixel_masks
+
+        def make(samples: list[Sample], transform: Any | None = None) -> AnomalyDataset:
+            return AnomalyDataset(
+                samples,
+                image_size=self.image_size,
+                interpolation=self.interpolation,
+                mask_resize=self.mask_resize,
+                transform=transform,
+                cache=self.cache,
+                pixel_ground_truth=pixel_gt,
+            )
+
+        test = make(self._samples["test"])
+        if self.val_source == "test":
+            val: AnomalyDataset | None = test
+        elif "validation" in self._samples:
+            val = make(self._samples["validation"])
+        else:
+            val = None
+        self._datasets = {"train": make(self._samples["train"], self.train_transform), "validation": val, "test": test}
+
+    def _compose(self, augmentations: Any) -> A.Compose | None:
+        if augmentations is None:
+            return None
+        if isinstance(augmentations, A.Compose):
+            return augmentations
+        transforms = list(augmentations)
+        return A.Compose(transforms, seed=self.seed) if transforms else None
+
+    def _samples_or_setup(self) -> dict[str, list[Sample]]:
+        if self._samples is None:
+            self.setup()
+        assert self._samples is not None
+        return self._samples
+
+    # ----------------------------------------------------------------------------------- properties
+    @property
+    def has_pixel_masks(self) -> bool:
+        """False when no test sample has a mask (e.g. folder data without mask_dir): image-level metrics only."""
+        return any(s.mask_path is not None for s in self._samples_or_setup()["test"])
+
+    @property
+    def train_dataset(self) -> AnomalyDataset:
+        self._samples_or_setup()
+        return self._datasets["train"]
+
+    @property
+    def val_dataset(self) -> AnomalyDataset | None:
+        self._samples_or_setup()
+        return self._datasets["validation"]
+
+    @property
+    def test_dataset(self) -> AnomalyDataset:
+        self._samples_or_setup()
+        return self._datasets["test"]
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to log what data a run used."""
+        samples = self._samples_or_setup()
+        counts = {split: count_by_defect(samples[split]) for split in SPLITS if split in samples}
+        if self.val_source == "test":
+            counts["validation"] = counts["test"]
+        return {
+            "benchmark": self.name,
+            "root": str(self.data_root),
+            "category": self.category,
+            "image_size": self.image_size,
+            "interpolation": self.interpolation,
+            "mask_resize": self.mask_resize,
+            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "val_source": self.val_source,
+            "has_pixel_masks": self.has_pixel_masks,
+            "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None,
+            "counts": counts,
+            **self.describe_layout(),
+        }
+
+    # ----------------------------------------------------------------------------------- loaders
+    def _loader(self, dataset: AnomalyDataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            # A fresh generator per fit: the shuffle order (and the workers' seeds) depend only on `seed`.
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_augmentation_worker if train else None,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # An empty list tells Lightning there is nothing to validate on (val_source="none").
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, self.eval_batch_size, train=False)
+
+
+def check_mask_sizes(samples: Sequence[Sample]) -> None:
+    """Every mask must have its image's size (header reads only); a mismatch means a wrong pairing or a
+    mask exported at another resolution, which would silently misalign the pixel ground truth."""
+    for sample in samples:
+        if sample.mask_path is None:
+            continue
+        image_size, mask_size = read_size(sample.image_path), read_size(sample.mask_path)
+        if image_size != mask_size:
+            raise DatasetError(
+                f"mask {sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its image {sample.image_path} is "
+                f"{image_size[0]}x{image_size[1]}. Pixel ground truth must have the image's size: re-export the "
+                "mask at the image resolution, or check that it belongs to this image."
+            )

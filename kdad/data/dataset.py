@@ -1,0 +1,178 @@
+"""The dataset core shared by every benchmark: a list of Samples -> normalised tensors.
+
+Benchmark modules only find files and build Samples; everything about pixels (decoding, resizing, mask
+binarisation, caching, augmentation, normalisation) happens here, identically for every benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kdad.data.cache import DecodeCache
+from kdad.data.decode import INTERPOLATIONS, MASK_RESIZE_MODES, check_choice, decode_image, decode_mask
+from kdad.data.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.asarray(IMAGENET_STD, dtype=np.float32)
+
+# How many failing files one error message lists before summarising.
+_MAX_LISTED_FAILURES = 10
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image on disk. ``mask_path`` is None for normal images and when no pixel ground truth exists."""
+
+    image_path: Path
+    mask_path: Path | None
+    label: int  # 0 normal, 1 anomalous
+    defect_type: str  # "good" for normal images
+
+    def __post_init__(self) -> None:
+        # Finders and users may pass str paths; normalise once so everything downstream sees Path.
+        object.__setattr__(self, "image_path", Path(self.image_path))
+        if self.mask_path is not None:
+            object.__setattr__(self, "mask_path", Path(self.mask_path))
+        if self.label not in (0, 1):
+            raise DatasetError(f"sample {self.image_path} has label {self.label!r}; labels are 0 or 1.")
+
+
+def normalize(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [3, H, W]: /255 then ImageNet mean/std (torchvision's ToTensor+Normalize)."""
+    scaled = (image.astype(np.float32) / np.float32(255.0) - _MEAN) / _STD
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+
+
+class AnomalyDataset(Dataset):
+    """Samples -> dicts of ``image``, ``mask``, ``label``, ``has_mask``, ``image_path``, ``defect_type``.
+
+    Args:
+        samples: the images of one split.
+        image_size: output side; images are resized to image_size x image_size (no crop).
+        interpolation: "bilinear" or "bicubic" (PIL, antialiased) for images.
+        mask_resize: "nearest" or "bilinear_threshold" for masks (binarised with > 0 before resizing).
+        transform: optional albumentations ``Compose`` applied jointly to the uint8 image and mask before
+            normalisation (training augmentations). It must keep the image uint8.
+        cache: decode cache, shared between the splits of a data module; a private memory cache if None.
+        pixel_ground_truth: False when the dataset has no pixel annotations at all (e.g. a user's folder
+            without masks): then ``has_mask`` is False for every sample. When True, normal samples count as
+            annotated (their ground truth is all zeros) and anomalous ones when they have a mask file.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int = 256,
+        interpolation: str = "bilinear",
+        mask_resize: str = "nearest",
+        transform: Any | None = None,
+        cache: DecodeCache | None = None,
+        pixel_ground_truth: bool = True,
+    ) -> None:
+        if image_size <= 0:
+            raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}.")
+        self.samples = list(samples)
+        self.image_size = int(image_size)
+        self.interpolation = check_choice(interpolation, tuple(INTERPOLATIONS), "interpolation")
+        self.mask_resize = check_choice(mask_resize, MASK_RESIZE_MODES, "mask_resize")
+        self.transform = transform
+        self.cache = cache if cache is not None else DecodeCache()
+        self.pixel_ground_truth = pixel_ground_truth
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _decode_image(self, path: Path) -> np.ndarray:
+        return decode_image(path, self.image_size, self.interpolation)
+
+    def _decode_mask(self, path: Path) -> np.ndarray:
+        return decode_mask(path, self.image_size, self.mask_resize)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Resized uint8 image [S, S, 3] (read-only, shared with the cache)."""
+        variant = f"image|{self.image_size}|{self.interpolation}"
+        return self.cache.get(self.samples[index].image_path, variant, self._decode_image)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """Resized binary uint8 mask [S, S] in {0, 1}; zeros when the sample has no mask file."""
+        mask_path = self.samples[index].mask_path
+        if mask_path is None:
+            return np.zeros((self.image_size, self.image_size), dtype=np.uint8)
+        variant = f"mask|{self.image_size}|{self.mask_resize}"
+        return self.cache.get(mask_path, variant, self._decode_mask)
+
+    def has_mask(self, index: int) -> bool:
+        sample = self.samples[index]
+        return self.pixel_ground_truth and (sample.label == 0 or sample.mask_path is not None)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image = self.load_image(index)
+        mask = self.load_mask(index)
+        if self.transform is not None:
+            # Copies: cached arrays are shared and read-only, augmentations may work in place.
+            out = self.transform(image=image.copy(), mask=mask.copy())
+            image, mask = out["image"], out["mask"]
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+                raise DatasetError(
+                    "train_augmentations must return uint8 numpy images (kdad normalises afterwards); "
+                    f"got {type(image).__name__} {getattr(image, 'dtype', '')} for {sample.image_path}. "
+                    "Remove Normalize/ToTensorV2 from the augmentation list."
+                )
+        return {
+            "image": normalize(image),
+            "mask": torch.from_numpy((np.asarray(mask) > 0).astype(np.float32)[None]),
+            "label": torch.tensor(sample.label, dtype=torch.int64),
+            "has_mask": torch.tensor(self.has_mask(index), dtype=torch.bool),
+            "image_path": str(sample.image_path),
+            "defect_type": sample.defect_type,
+        }
+
+    def preload(self, num_threads: int | None = None) -> None:
+        """Decode + resize every image and mask into the cache, in threads (PIL releases the GIL).
+
+        Also surfaces every corrupt file at once, before any training starts.
+        """
+        if not self.samples:
+            return
+        threads = num_threads or min(8, os.cpu_count() or 1)
+        start = time.perf_counter()
+        before = (self.cache.stats.decodes, self.cache.stats.disk_hits)
+
+        def load(index: int) -> DatasetError | None:
+            try:
+                self.load_image(index)
+                self.load_mask(index)
+            except DatasetError as exc:
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            failures = [exc for exc in pool.map(load, range(len(self.samples))) if exc is not None]
+        if failures:
+            listed = "\n  ".join(str(exc) for exc in failures[:_MAX_LISTED_FAILURES])
+            more = len(failures) - _MAX_LISTED_FAILURES
+            tail = f"\n  ... and {more} more" if more > 0 else ""
+            raise DatasetError(f"{len(failures)} file(s) could not be loaded:\n  {listed}{tail}") from failures[0]
+        log.info(
+            "preloaded %d samples in %.1fs (%d decoded, %d from disk cache)",
+            len(self.samples),
+            time.perf_counter() - start,
+            self.cache.stats.decodes - before[0],
+            self.cache.stats.disk_hits - before[1],
+        )

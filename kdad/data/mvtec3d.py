@@ -1,0 +1,67 @@
+"""MVTec 3D-AD, RGB images only (the xyz/ point clouds are ignored).
+
+    <root>/<category>/{train,validation,test}/<label>/rgb/NNN.png
+    <root>/<category>/test/<label>/gt/NNN.png      (masks, same stem as the image)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdad.data.datamodule import AnomalyDataModule
+from kdad.data.dataset import Sample
+from kdad.data.errors import DatasetError
+from kdad.data.files import find_mask, index_by_stem, list_images, list_subdirs, require_dir
+
+MVTEC3D_CATEGORIES = (
+    "bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire",
+)  # fmt: skip
+
+NORMAL = "good"
+
+
+def find_mvtec3d_samples(category_dir: Path, split: str) -> list[Sample]:
+    """Samples of ``split`` ("train", "validation" or "test"); train and validation hold normal images only."""
+    layout = (
+        f"Expected the MVTec 3D-AD layout: {category_dir}/{{train,validation,test}}/<label>/rgb/NNN.png with "
+        f"masks in {category_dir}/test/<label>/gt/NNN.png."
+    )
+    if split not in ("train", "validation", "test"):
+        raise DatasetError(f"MVTec 3D-AD has no '{split}' split in {category_dir}; splits are train, validation, test.")
+    if split in ("train", "validation"):
+        folder = require_dir(category_dir / split / NORMAL / "rgb", f"{split} folder", layout)
+        return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
+    test_dir = require_dir(category_dir / "test", "test folder", layout)
+    samples: list[Sample] = []
+    for label_dir in list_subdirs(test_dir):
+        rgb_dir = require_dir(label_dir / "rgb", "image folder", layout)
+        images = list_images(rgb_dir)
+        if label_dir.name == NORMAL:
+            # The all-black gt files of normal test images carry no information: skip decoding them.
+            samples += [Sample(p, None, 0, NORMAL) for p in images]
+            continue
+        if not images:
+            continue
+        gt_dir = require_dir(label_dir / "gt", "mask folder", f"The defect images in {rgb_dir} need masks. {layout}")
+        masks = index_by_stem(gt_dir)
+        samples += [Sample(p, find_mask(p, masks, gt_dir, ("",)), 1, label_dir.name) for p in images]
+    return samples
+
+
+class MVTec3DDataModule(AnomalyDataModule):
+    """MVTec 3D-AD RGB (10 categories). With val_source="train_split" the shipped validation/good images are
+    the validation split, and the training set is left whole."""
+
+    name = "mvtec3d"
+    official_categories = MVTEC3D_CATEGORIES
+    has_validation_split = True
+
+    @classmethod
+    def available_categories(cls, root: str | Path) -> list[str]:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            return []
+        return [d.name for d in list_subdirs(root) if (d / "train" / NORMAL / "rgb").is_dir()]
+
+    def find_samples(self, split: str) -> list[Sample]:
+        return find_mvtec3d_samples(self.category_dir, split)

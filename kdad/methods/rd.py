@@ -1,0 +1,57 @@
+"""RD: reverse distillation from a one-class embedding (Deng & Li, CVPR 2022).
+
+Frozen teacher -> OCBE (multi-scale fusion + one-class embedding) -> mirrored decoder trained to reproduce
+the teacher's three feature maps. Faithful to the released RD4AD code: the flattened global cosine loss
+(``loss='global_cosine'``; the paper's per-pixel form is ``'pixel_cosine'``), Adam lr 0.005 betas (0.5, 0.999)
+over OCBE + decoder (see ``conf/method/rd.yaml``), maps = sum over scales of bilinear-upsampled 1 - cos
+(align_corners=True), Gaussian sigma 4, image score = max.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from kdad.blocks.anomaly_map import AnomalyMapHead
+from kdad.blocks.decoder import MirroredDecoder
+from kdad.blocks.fusion import OneClassBottleneck
+from kdad.blocks.losses import distillation_loss
+from kdad.blocks.teacher import Teacher
+from kdad.methods.base import AnomalyOutput
+
+
+class ReverseDistillation(nn.Module):
+    def __init__(
+        self,
+        teacher: Teacher,
+        bottleneck_blocks: int = 3,
+        decoder_blocks: Sequence[int] = (3, 4, 6),
+        block: str = "bottleneck",
+        loss: str = "global_cosine",
+        anomaly_map: AnomalyMapHead | None = None,
+    ) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
+        self.decoder = MirroredDecoder(
+            teacher.channels, self.bottleneck.out_channels, blocks=decoder_blocks, block=block
+        )
+        self.loss_name = loss
+        self.anomaly_map = anomaly_map or AnomalyMapHead()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*self.bottleneck.parameters(), *self.decoder.parameters()]
+
+    def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        teacher = self.teacher(images)
+        return teacher, self.decoder(self.bottleneck(teacher))
+
+    def loss(self, batch: dict) -> dict[str, Tensor]:
+        teacher, student = self.features(batch["image"])
+        return {"loss": distillation_loss(self.loss_name, teacher, student)}
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        teacher, student = self.features(images)
+        score, anomaly_map = self.anomaly_map(teacher, student, tuple(images.shape[-2:]))
+        return AnomalyOutput(score=score, anomaly_map=anomaly_map)

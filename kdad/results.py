@@ -1,0 +1,95 @@
+"""Run outputs: metrics.json, the per-image score CSV, overlay PNGs and the printed results table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from kdad.methods.base import OverlaySample, TestRecord
+from kdad.visualize import overlay_panel
+
+METRIC_LABELS = {
+    "image_auroc": "I-AUROC",
+    "image_ap": "I-AP",
+    "image_f1_max": "I-F1max",
+    "pixel_auroc": "P-AUROC",
+    "pixel_ap": "P-AP",
+    "pixel_f1_max": "P-F1max",
+    "pixel_aupro": "AUPRO@0.3 (standard)",
+    "pixel_aupro_per_image": "PRO (RD per-image)",
+}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(run_dir: Path, summary: Mapping[str, Any]) -> Path:
+    """metrics.json is written last and atomically: its presence marks a finished run."""
+    path = run_dir / "metrics.json"
+    _atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def write_scores(run_dir: Path, records: Sequence[TestRecord]) -> Path:
+    path = run_dir / "scores.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_path", "defect_type", "label", "score"])
+        for r in records:
+            writer.writerow([r.image_path, r.defect_type, r.label, f"{r.score:.6g}"])
+    return path
+
+
+def display_range(samples: Sequence[OverlaySample], records: Sequence[TestRecord]) -> tuple[float, float]:
+    """One colour scale for all overlays: from the smallest map value shown to the largest image score."""
+    low = min(float(s.anomaly_map.min()) for s in samples)
+    high = max(r.score for r in records) if records else max(float(s.anomaly_map.max()) for s in samples)
+    return low, max(high, low + 1e-6)
+
+
+def write_overlays(run_dir: Path, samples: Sequence[OverlaySample], records: Sequence[TestRecord]) -> list[Path]:
+    if not samples:
+        return []
+    folder = run_dir / "overlays"
+    folder.mkdir(parents=True, exist_ok=True)
+    vmin, vmax = display_range(samples, records)
+    paths = []
+    for index, sample in enumerate(samples):
+        r = sample.record
+        stem = Path(r.image_path).stem
+        caption = f"{r.defect_type}/{stem}  label={r.label}  score={r.score:.4f}"
+        panel = overlay_panel(sample.image, sample.anomaly_map, sample.mask, vmin, vmax, caption)
+        path = folder / f"{index:02d}_{r.defect_type}_{stem}.png"
+        cv2.imwrite(str(path), panel[..., ::-1])
+        paths.append(path)
+    return paths
+
+
+def format_table(metrics: Mapping[str, float], title: str) -> str:
+    """A small two-column markdown table of the reported metrics."""
+    rows = [f"| {METRIC_LABELS.get(k, k)} | {_fmt(v)} |" for k, v in metrics.items()]
+    return "\n".join([f"### {title}", "", "| metric | value |", "|---|---|", *rows])
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def per_defect_scores(records: Sequence[TestRecord]) -> dict[str, dict[str, float]]:
+    """Mean and max image score per defect type: a quick look at which defects the method misses."""
+    out: dict[str, dict[str, float]] = {}
+    for defect in sorted({r.defect_type for r in records}):
+        scores = np.array([r.score for r in records if r.defect_type == defect])
+        out[defect] = {"count": int(scores.size), "mean_score": float(scores.mean()), "max_score": float(scores.max())}
+    return out

@@ -1,0 +1,171 @@
+"""Entry point: ``python -m kdad.run method=rd data=mvtec data.root=/path data.category=bottle``.
+
+Builds data, method, callbacks, logger and trainer from the Hydra config, trains, tests with the checkpoint
+the policy names, and writes the run folder: resolved config, checkpoints/, metrics.json, scores.csv and
+overlays/. Run folders are deterministic (tag/benchmark/category/method/seed), so re-running an interrupted
+command resumes from its last checkpoint, and re-running a finished one prints its results (``overwrite=true``
+trains again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from kdad.loggers import finish_wandb
+from kdad.methods.base import AnomalyModule
+from kdad.results import format_table, per_defect_scores, write_metrics, write_overlays, write_scores
+
+log = logging.getLogger("kdad")
+
+CHECKPOINT_NOTES = {
+    "last": "weights after the final epoch (RD4AD protocol; no selection)",
+    "val_loss": "lowest loss on a held-out normal-only validation split (STFPM protocol)",
+    "best_on_test": "epoch with the best TEST metrics: paper replication only, optimistic (test-set selection)",
+}
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    return [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def build_logger(cfg: DictConfig) -> Logger | bool:
+    if cfg.get("logger") is None:
+        return False
+    return hydra.utils.instantiate(cfg.logger)
+
+
+def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def _protocol(cfg: DictConfig, datamodule: Any, module: AnomalyModule, test_ckpt: str) -> dict[str, Any]:
+    teacher = cfg.get("teacher") or {}
+    return {
+        "method": module.name,
+        "data": datamodule.describe(),
+        "teacher": {"backbone": teacher.get("backbone"), "weights": teacher.get("weights")},
+        "checkpoint_policy": cfg.checkpoint.policy,
+        "checkpoint_note": CHECKPOINT_NOTES[cfg.checkpoint.policy],
+        "checkpoint_used": test_ckpt,
+        "aupro": f"pixel_aupro = standard MVTec AU-PRO, FPR <= {module.aupro_limit} over the whole test set, "
+        "normalised by the limit; pixel_aupro_per_image = RD4AD-family per-image PRO (not comparable)",
+        "scores": "raw anomaly scores, no sigmoid; image score = map reduction of the method",
+        "seed": cfg.seed,
+    }
+
+
+def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and/or test one configuration; returns the metrics.json content."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite and cfg.train:
+        for stale in ("metrics.json", "scores.csv", "checkpoints", "overlays"):
+            target = run_dir / stale
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    finished = _finished_summary(run_dir)
+    if finished is not None and cfg.train:
+        log.info("Run already finished: %s (overwrite=true trains again)", run_dir / "metrics.json")
+        print(format_table(finished["metrics"], f"{finished['method']} (finished earlier, {run_dir})"))
+        return finished
+    if not cfg.train and not cfg.ckpt_path:
+        raise ValueError("train=false evaluates a checkpoint: pass ckpt_path=/path/to/checkpoint.ckpt")
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module: AnomalyModule = hydra.utils.instantiate(cfg.method)
+    logger = build_logger(cfg)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=logger)
+    if isinstance(logger, WandbLogger):
+        logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+
+    started = time.perf_counter()
+    try:
+        if cfg.train:
+            resume = resume_checkpoint(run_dir)
+            if resume is not None:
+                log.info("Resuming training from %s", resume)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        train_seconds = time.perf_counter() - started
+        if not cfg.test:
+            return {}
+        test_ckpt = _test_checkpoint(cfg, trainer)
+        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+        summary = _protocol(cfg, datamodule, module, test_ckpt or "weights in memory after training")
+        summary.update(
+            metrics=module.test_metrics,
+            per_defect=per_defect_scores(module.test_records),
+            epochs_trained=trainer.current_epoch,
+            train_seconds=round(train_seconds, 1),
+            total_seconds=round(time.perf_counter() - started, 1),
+        )
+        write_scores(run_dir, module.test_records)
+        overlays = write_overlays(run_dir, module.overlay_samples, module.test_records)
+        _log_results(logger, summary, overlays)
+        write_metrics(run_dir, summary)
+        print(format_table(module.test_metrics, f"{module.name} on {datamodule.name}/{cfg.data.category}"))
+        print(f"checkpoint policy: {cfg.checkpoint.policy} ({CHECKPOINT_NOTES[cfg.checkpoint.policy]})")
+        print(f"run folder: {run_dir}")
+        return summary
+    finally:
+        finish_wandb()
+
+
+def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """Which weights to test: an explicit checkpoint, the policy's best, or the weights in memory (last)."""
+    if not cfg.train:
+        return str(cfg.ckpt_path)
+    if cfg.checkpoint.policy == "last":
+        return None
+    callback = _checkpoint_callback(trainer)
+    if callback is None or not callback.best_model_path:
+        raise RuntimeError(
+            f"checkpoint policy '{cfg.checkpoint.policy}' found no best checkpoint: did validation run? "
+            "(check trainer.check_val_every_n_epoch and data.val_source)"
+        )
+    return callback.best_model_path
+
+
+def _log_results(logger: Logger | bool, summary: dict[str, Any], overlays: list[Path]) -> None:
+    if not isinstance(logger, WandbLogger):
+        return
+    run = logger.experiment
+    for key, value in summary["metrics"].items():
+        run.summary[f"test/{key}"] = value
+    run.summary["checkpoint_policy"] = summary["checkpoint_policy"]
+    if overlays:
+        logger.log_image(key="test/overlays", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    summary = run(cfg)
+    metrics = summary.get("metrics", {})
+    return metrics.get("image_auroc")
+
+
+if __name__ == "__main__":
+    main()
