@@ -62,8 +62,8 @@ class DecodeCache:
             stat = os.stat(path)
         except OSError as exc:
             raise DatasetError(
-                f"cannot read {path}: {exc.strerror}. The file was listed when the dataset was indexed; was it "
-                "moved or deleted since? Restore it or re-run so the dataset is indexed again."
+                f"cannot read {path}: {exc.strerror}. The file was listed when the dataset was indexed; "
+                "was it moved or deleted since? Restore it or re-run so the dataset is indexed again."
             ) from exc
         text = "|".join(
             [

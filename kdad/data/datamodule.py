@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,13 +31,17 @@ VAL_SOURCES = ("none", "train_split", "test")
 SPLITS = ("train", "validation", "test")
 
 
-def hold_out(samples: Sequence[Sample], fraction: float, seed: int, what: str) -> tuple[list[Sample], list[Sample]]:
+def hold_out(
+    samples: Sequence[Sample], fraction: float, seed: int, what: str
+) -> tuple[list[Sample], list[Sample]]:
     """Split ``samples`` into (kept, held_out) with ``round(fraction * n)`` (at least 1) held out, seeded.
 
     Both parts keep the input order, so the split only depends on the file list and the seed.
     """
     if not 0.0 < fraction < 1.0:
-        raise DatasetError(f"{what}: the held-out fraction must be between 0 and 1 (exclusive), got {fraction}.")
+        raise DatasetError(
+            f"{what}: the held-out fraction must be between 0 and 1 (exclusive), got {fraction}."
+        )
     n = len(samples)
     n_out = max(1, round(fraction * n))
     if n_out >= n:
@@ -51,16 +56,20 @@ def hold_out(samples: Sequence[Sample], fraction: float, seed: int, what: str) -
 
 
 def seed_augmentation_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
+    """DataLoader ``worker_init_fn``: give each worker its own random streams.
 
     albumentations' Compose carries its own RNG, copied verbatim into every worker, so without this all
-    workers would draw identical augmentations. ``torch.initial_seed()`` in a worker is derived from the
-    loader's seeded generator and the worker id, so runs stay reproducible.
+    workers would draw identical augmentations; numpy and ``random`` are reseeded too, as Lightning's own
+    worker seeding (which this function replaces) would. ``torch.initial_seed()`` in a worker derives from
+    the loader's seeded generator and the worker id, so runs stay reproducible.
     """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(torch.initial_seed() % 2**32)
+        transform.set_random_seed(seed)
 
 
 def count_by_defect(samples: Sequence[Sample]) -> dict[str, int]:
@@ -201,12 +210,15 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             else:
                 normals = [s for s in train if s.label == 0]
                 others = [s for s in train if s.label != 0]
-                kept, validation = hold_out(normals, self.val_split, self.seed, f"validation split of {self.category_dir}")
+                kept, validation = hold_out(
+                    normals, self.val_split, self.seed, f"validation split of {self.category_dir}"
+                )
                 train = kept + others
         if not train:
             raise DatasetError(
-                f"no training images found for {self.name} category '{self.category}' under {self.category_dir}. "
-                "Add normal images to the training folder (see docs/data.md for the expected layout)."
+                f"no training images found for {self.name} category '{self.category}' under "
+                f"{self.category_dir}. Add normal images to the training folder (see docs/data.md for the "
+                "expected layout)."
             )
         if not test:
             raise DatasetError(
@@ -245,7 +257,11 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             val = make(self._samples["validation"])
         else:
             val = None
-        self._datasets = {"train": make(self._samples["train"], self.train_transform), "validation": val, "test": test}
+        self._datasets = {
+            "train": make(self._samples["train"], self.train_transform),
+            "validation": val,
+            "test": test,
+        }
 
     def _compose(self, augmentations: Any) -> A.Compose | None:
         if augmentations is None:
@@ -264,7 +280,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     # ----------------------------------------------------------------------------------- properties
     @property
     def has_pixel_masks(self) -> bool:
-        """False when no test sample has a mask (e.g. folder data without mask_dir): image-level metrics only."""
+        """False when no test sample has a mask (folder data without mask_dir): image-level metrics only."""
         return any(s.mask_path is not None for s in self._samples_or_setup()["test"])
 
     @property
@@ -340,7 +356,7 @@ def check_mask_sizes(samples: Sequence[Sample]) -> None:
         image_size, mask_size = read_size(sample.image_path), read_size(sample.mask_path)
         if image_size != mask_size:
             raise DatasetError(
-                f"mask {sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its image {sample.image_path} is "
-                f"{image_size[0]}x{image_size[1]}. Pixel ground truth must have the image's size: re-export the "
-                "mask at the image resolution, or check that it belongs to this image."
+                f"mask {sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its image {sample.image_path} "
+                f"is {image_size[0]}x{image_size[1]}. Masks must have the image's size: re-export "
+                "the mask at the image resolution, or check that it belongs to this image."
             )

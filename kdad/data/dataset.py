@@ -53,7 +53,7 @@ class Sample:
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W]: /255 then ImageNet mean/std (torchvision's ToTensor+Normalize)."""
+    """uint8 [H, W, 3] -> float32 [3, H, W]: /255, then ImageNet mean/std (= ToTensor + Normalize)."""
     scaled = (image.astype(np.float32) / np.float32(255.0) - _MEAN) / _STD
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
@@ -168,7 +168,9 @@ class AnomalyDataset(Dataset):
             listed = "\n  ".join(str(exc) for exc in failures[:_MAX_LISTED_FAILURES])
             more = len(failures) - _MAX_LISTED_FAILURES
             tail = f"\n  ... and {more} more" if more > 0 else ""
-            raise DatasetError(f"{len(failures)} file(s) could not be loaded:\n  {listed}{tail}") from failures[0]
+            raise DatasetError(
+                f"{len(failures)} file(s) could not be loaded:\n  {listed}{tail}"
+            ) from failures[0]
         log.info(
             "preloaded %d samples in %.1fs (%d decoded, %d from disk cache)",
             len(self.samples),

@@ -44,7 +44,7 @@ def read_size(path: Path) -> tuple[int, int]:
 
 
 def decode_image(path: Path, size: int, interpolation: str) -> np.ndarray:
-    """RGB uint8 array [size, size, 3]; grayscale categories (e.g. MVTec grid/screw/zipper) become 3-channel."""
+    """RGB uint8 array [size, size, 3]; grayscale images (MVTec grid/screw/zipper) become 3-channel."""
     resample = INTERPOLATIONS[check_choice(interpolation, tuple(INTERPOLATIONS), "interpolation")]
     try:
         with Image.open(path) as image:

@@ -30,15 +30,15 @@ def find_abnormal_samples(abnormal_dir: Path, mask_dir: Path | None) -> list[Sam
     if direct and groups:
         raise DatasetError(
             f"{abnormal_dir} holds images both directly and in sub-folders "
-            f"({', '.join(d.name for d, _ in groups)}). Put all defect images directly in it (one defect type) "
-            "or all in sub-folders (one defect type per sub-folder), and keep masks outside it (data.mask_dir)."
+            f"({', '.join(d.name for d, _ in groups)}). Put all defect images directly in it (one defect "
+            "type) or all in sub-folders (one defect type each); keep masks outside it (data.mask_dir)."
         )
     if direct:
         groups = [(abnormal_dir, direct)]
     if not groups:
         raise DatasetError(
-            f"no defect images in {abnormal_dir}: the test set needs anomalous images to evaluate on. Put them "
-            "there directly or in one sub-folder per defect type."
+            f"no defect images in {abnormal_dir}: the test set needs anomalous images to evaluate on. Put "
+            "them there directly or in one sub-folder per defect type."
         )
     samples: list[Sample] = []
     for folder, images in groups:
@@ -47,7 +47,9 @@ def find_abnormal_samples(abnormal_dir: Path, mask_dir: Path | None) -> list[Sam
             samples += [Sample(p, None, 1, defect) for p in images]
             continue
         group_masks = mask_dir if folder == abnormal_dir else mask_dir / defect
-        require_dir(group_masks, "mask folder", f"With data.mask_dir set, it must mirror {abnormal_dir}'s structure.")
+        require_dir(
+            group_masks, "mask folder", f"With data.mask_dir set, it must mirror {abnormal_dir}'s structure."
+        )
         masks = index_by_stem(group_masks)
         samples += [Sample(p, find_mask(p, masks, group_masks, MASK_SUFFIXES), 1, defect) for p in images]
     return samples
@@ -113,7 +115,9 @@ class FolderDataModule(AnomalyDataModule):
         """(train normals, test normals), computed once."""
         if self._normals is None:
             normal_dir = require_dir(
-                self._path(self.normal_dir), "normal image folder", "Set data.normal_dir (relative to data.root)."
+                self._path(self.normal_dir),
+                "normal image folder",
+                "Set data.normal_dir (relative to data.root).",
             )
             normals = [Sample(p, None, 0, "good") for p in list_images(normal_dir)]
             if not normals:
@@ -122,10 +126,14 @@ class FolderDataModule(AnomalyDataModule):
                     "data.normal_dir at the folder that holds them."
                 )
             if self.test_normal_dir is None:
-                self._normals = hold_out(normals, self.normal_test_split, self.test_split_seed, f"test normals of {normal_dir}")
+                self._normals = hold_out(
+                    normals, self.normal_test_split, self.test_split_seed, f"test normals of {normal_dir}"
+                )
             else:
                 test_dir = require_dir(
-                    self._path(self.test_normal_dir), "normal test folder", "Set data.test_normal_dir (relative to data.root)."
+                    self._path(self.test_normal_dir),
+                    "normal test folder",
+                    "Set data.test_normal_dir (relative to data.root).",
                 )
                 self._normals = (normals, [Sample(p, None, 0, "good") for p in list_images(test_dir)])
         return self._normals
@@ -134,13 +142,19 @@ class FolderDataModule(AnomalyDataModule):
         if split == "train":
             return self._normal_split()[0]
         if split != "test":
-            raise DatasetError(f"folder data under {self.data_root} has no '{split}' split; splits are train and test.")
+            raise DatasetError(
+                f"folder data under {self.data_root} has no '{split}' split; splits are train and test."
+            )
         abnormal_dir = require_dir(
-            self._path(self.abnormal_dir), "defect image folder", "Set data.abnormal_dir (relative to data.root)."
+            self._path(self.abnormal_dir),
+            "defect image folder",
+            "Set data.abnormal_dir (relative to data.root).",
         )
         mask_dir = None
         if self.mask_dir is not None:
-            mask_dir = require_dir(self._path(self.mask_dir), "mask folder", "Set data.mask_dir (relative to data.root) or null.")
+            mask_dir = require_dir(
+                self._path(self.mask_dir), "mask folder", "Set data.mask_dir (relative to data.root) or null."
+            )
         return self._normal_split()[1] + find_abnormal_samples(abnormal_dir, mask_dir)
 
     def describe_layout(self) -> dict[str, Any]:

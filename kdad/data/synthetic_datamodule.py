@@ -71,7 +71,9 @@ class SyntheticDataModule(AnomalyDataModule):
                 f"{', '.join(self.official_categories)}."
             )
         if self.root.exists() and not self.root.is_dir():
-            raise DatasetError(f"synthetic data root {self.root} is a file, not a folder: point data.root elsewhere.")
+            raise DatasetError(
+                f"synthetic data root {self.root} is a file, not a folder: point data.root elsewhere."
+            )
         from kdad.data.synthetic import ensure_synthetic_benchmark
 
         return Path(

@@ -32,8 +32,8 @@ CONVERTED_MASK_SUFFIXES = ("", "_mask")
 
 def _layouts_help(root: Path) -> str:
     return (
-        f"kdad reads VisA in two layouts: (a) as downloaded, with {root / SPLIT_CSV} and the category folders "
-        f"({root}/candle/Data/Images/...); or (b) converted to the MVTec layout, with "
+        f"kdad reads VisA in two layouts: (a) as downloaded, with {root / SPLIT_CSV} and the category "
+        f"folders ({root}/candle/Data/Images/...); or (b) converted to the MVTec layout, with "
         f"{root}/<category>/train/good, test/<defect> and ground_truth/<defect>/<stem>.png."
     )
 
@@ -47,11 +47,13 @@ def read_split_csv(csv_path: Path) -> list[dict[str, str]]:
             if missing:
                 raise DatasetError(
                     f"{csv_path} lacks the column(s) {', '.join(missing)}: expected the header "
-                    f"'{','.join(CSV_COLUMNS)}' of VisA's split_csv/1cls.csv. Restore the file from the archive."
+                    f"'{','.join(CSV_COLUMNS)}' of VisA's split_csv/1cls.csv. Restore it from the archive."
                 )
             return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"cannot read VisA split file {csv_path}: {exc}. Restore it from the archive.") from exc
+        raise DatasetError(
+            f"cannot read VisA split file {csv_path}: {exc}. Restore it from the archive."
+        ) from exc
 
 
 def raw_categories(root: Path) -> list[str]:
@@ -70,8 +72,8 @@ def find_raw_samples(root: Path, category: str, split: str) -> list[Sample]:
     rows = read_split_csv(csv_path)
     if not any(row["object"] == category for row in rows):
         raise DatasetError(
-            f"{csv_path} has no rows for category '{category}', and {root / category}/train/good does not exist. "
-            + _layouts_help(root)
+            f"{csv_path} has no rows for category '{category}', and {root / category}/train/good does not "
+            f"exist. {_layouts_help(root)}"
         )
     samples: list[Sample] = []
     for line, row in enumerate(rows, start=2):
@@ -83,8 +85,8 @@ def find_raw_samples(root: Path, category: str, split: str) -> list[Sample]:
         image = root / row["image"]
         if not image.is_file():
             raise DatasetError(
-                f"{where} lists the image {image}, which does not exist. Re-extract the VisA archive into {root} "
-                "(file names are case sensitive: VisA images end in .JPG)."
+                f"{where} lists the image {image}, which does not exist. Re-extract the VisA archive into "
+                f"{root} (file names are case sensitive: VisA images end in .JPG)."
             )
         if row["label"] == "normal":
             samples.append(Sample(image, None, 0, "good"))
@@ -100,7 +102,7 @@ def find_raw_samples(root: Path, category: str, split: str) -> list[Sample]:
 
 
 def detect_layout(root: Path, category: str) -> str:
-    """"converted" if ``<root>/<category>/train/good`` exists, else "raw" if the split CSV exists."""
+    """ "converted" if ``<root>/<category>/train/good`` exists, else "raw" if the split CSV exists."""
     if (root / category / "train" / "good").is_dir():
         return "converted"
     if (root / SPLIT_CSV).is_file():
@@ -125,7 +127,7 @@ class VisADataModule(AnomalyDataModule):
 
     @property
     def layout(self) -> str:
-        """"raw" or "converted", detected on first use."""
+        """ "raw" or "converted", detected on first use."""
         if self._layout is None:
             self._layout = detect_layout(self.data_root, self.category)
         return self._layout

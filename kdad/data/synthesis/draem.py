@@ -30,10 +30,11 @@ class DraemSynthesizer:
     Blending in [0, 1] RGB gives exactly the same tensor as blending after ImageNet normalisation:
     normalisation is a per-channel affine map ``N(v) = (v - mean) / std``, and the blend is an affine
     combination (weights ``1 - m``, ``(1 - beta) m`` and ``beta m`` sum to 1), and affine maps commute
-    with affine combinations: ``N(sum w_i v_i) = sum w_i N(v_i)`` when ``sum w_i = 1``. So AAND (which
-    blends normalised tensors) and URD (which blends [0, 1] images) are both served by this single
-    implementation, applied before normalisation. (The only difference is the uint8 rounding of the
-    output, at most 0.5/255 per pixel.)
+    with affine combinations: ``N(sum w_i v_i) = sum w_i N(v_i)`` when ``sum w_i = 1``. So a reference
+    implementation that blends normalised tensors and one that blends [0, 1] images define the same
+    sample, and this single implementation, applied before normalisation, serves both AAND and URD.
+    (The texture must of course be normalised like the image; the only remaining difference is the
+    uint8 rounding of the output, at most 0.5/255 per pixel.)
 
     Args:
         texture_source: where textures come from (see :mod:`kdad.data.synthesis.textures`).

@@ -1,0 +1,39 @@
+# kdad: `make run` trains and tests the default method on the embedded benchmark; `make test` runs the suite.
+# Both create the project venv (.venv) and install kdad into it on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdad-installed
+ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install run test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11+); set PYTHON=..."; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m kdad.run $(ARGS)
+
+# The suite (under ~10 minutes on 2 cores); longer trainings are marked `slow` and run by `make test-slow`.
+test: install
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check kdad tests bench
+	$(PY) -m ruff format --check kdad tests bench
+
+format: install
+	$(PY) -m ruff format kdad tests bench
+	$(PY) -m ruff check --fix kdad tests bench
+
+clean:
+	rm -rf runs multirun .pytest_cache
