@@ -175,11 +175,17 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         hint = ""
         if (self.data_root / "train").is_dir():
             hint = f" {self.data_root} itself looks like a category folder: set data.root to its parent."
+        elif not found:
+            hint = f" {self.layout_help()}"
         raise DatasetError(
             f"unknown {self.name} category '{self.category}' under {self.data_root}. Categories found there: "
             f"{', '.join(found) or 'none'}. Official {self.name} categories: "
             f"{', '.join(self.official_categories) or 'n/a'}.{hint}"
         )
+
+    def layout_help(self) -> str:
+        """One sentence describing the expected folder layout, for error messages."""
+        return "See docs/data.md for the expected folder layout."
 
     def describe_layout(self) -> dict[str, Any]:
         """Benchmark-specific entries for ``describe()`` (e.g. the detected VisA layout)."""
@@ -232,24 +238,29 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             self._samples["validation"] = validation
         self._build_datasets()
         if self.preload:
-            for dataset in {id(d): d for d in self._datasets.values() if d is not None}.values():
-                dataset.preload()
+            # One pass over the files of every split (same cache keys as the split datasets), so that all
+            # corrupt files are reported together.
+            unique = list(dict.fromkeys(s for split in self._samples.values() for s in split))
+            try:
+                self._make_dataset(unique).preload()
+            except DatasetError:
+                self._samples, self._datasets = None, {}  # a later setup() must not skip the failed checks
+                raise
+
+    def _make_dataset(self, samples: list[Sample], transform: Any | None = None) -> AnomalyDataset:
+        return AnomalyDataset(
+            samples,
+            image_size=self.image_size,
+            interpolation=self.interpolation,
+            mask_resize=self.mask_resize,
+            transform=transform,
+            cache=self.cache,
+            pixel_ground_truth=self.has_pixel_masks,
+        )
 
     def _build_datasets(self) -> None:
         assert self._samples is not None
-        pixel_gt = self.has_pixel_masks
-
-        def make(samples: list[Sample], transform: Any | None = None) -> AnomalyDataset:
-            return AnomalyDataset(
-                samples,
-                image_size=self.image_size,
-                interpolation=self.interpolation,
-                mask_resize=self.mask_resize,
-                transform=transform,
-                cache=self.cache,
-                pixel_ground_truth=pixel_gt,
-            )
-
+        make = self._make_dataset
         test = make(self._samples["test"])
         if self.val_source == "test":
             val: AnomalyDataset | None = test

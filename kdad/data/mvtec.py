@@ -82,3 +82,9 @@ class MVTecDataModule(AnomalyDataModule):
 
     def find_samples(self, split: str) -> list[Sample]:
         return find_mvtec_samples(self.category_dir, split)
+
+    def layout_help(self) -> str:
+        return (
+            f"Expected the MVTec layout {self.data_root}/<category>/train/good/*.png, test/<defect>/*.png "
+            "and ground_truth/<defect>/<stem>_mask.png."
+        )

@@ -69,3 +69,9 @@ class MVTec3DDataModule(AnomalyDataModule):
 
     def find_samples(self, split: str) -> list[Sample]:
         return find_mvtec3d_samples(self.category_dir, split)
+
+    def layout_help(self) -> str:
+        return (
+            f"Expected the MVTec 3D-AD layout {self.data_root}/<category>/{{train,validation,test}}/<label>/rgb/"
+            "NNN.png with masks in test/<label>/gt/NNN.png."
+        )

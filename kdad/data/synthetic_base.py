@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -12,6 +13,8 @@ from kdad.data.synthetic_render import Rng, View
 # A defect whose sampled position or size leaves (almost) nothing visible is drawn again with fresh random
 # numbers from the same generator, which keeps the output deterministic.
 MAX_ATTEMPTS = 16
+
+T = TypeVar("T")
 
 
 def min_defect_pixels(size: int) -> int:
@@ -34,12 +37,10 @@ class Category(ABC):
         return (self.__doc__ or "").strip().splitlines()[0]
 
 
-def place_defect(
-    view: View, size: int, attempt: Callable[[], tuple[np.ndarray, np.ndarray]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Calls ``attempt() -> (canvas image, canvas defect alpha)`` until the warped mask is large enough.
+def place_defect(view: View, size: int, attempt: Callable[[], tuple[T, np.ndarray]]) -> tuple[T, np.ndarray]:
+    """Calls ``attempt() -> (canvas drawing, canvas defect alpha)`` until the warped mask is large enough.
 
-    Returns the canvas image and the output-space bool mask.
+    Returns the canvas drawing and the output-space bool mask.
     """
     need = min_defect_pixels(size)
     for _ in range(MAX_ATTEMPTS):

@@ -201,10 +201,10 @@ class View:
     size: int
     matrix: np.ndarray  # 2 x 3, canvas -> output
 
-    def warp(self, layer: np.ndarray) -> np.ndarray:
-        return cv2.warpAffine(
-            layer, self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-        )
+    def warp(self, layer: np.ndarray, reflect: bool = True) -> np.ndarray:
+        """``layer`` in output coordinates; outside the canvas it is mirrored (textures) or zero (parts)."""
+        border = cv2.BORDER_REFLECT_101 if reflect else cv2.BORDER_CONSTANT
+        return cv2.warpAffine(layer, self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=border)
 
     def to_canvas(self, point: np.ndarray) -> np.ndarray:
         inverse = cv2.invertAffineTransform(self.matrix)

@@ -137,5 +137,8 @@ class VisADataModule(AnomalyDataModule):
             return find_raw_samples(self.data_root, self.category, split)
         return find_mvtec_samples(self.category_dir, split, CONVERTED_MASK_SUFFIXES)
 
+    def layout_help(self) -> str:
+        return _layouts_help(self.data_root)
+
     def describe_layout(self) -> dict[str, Any]:
         return {"layout": self.layout}

@@ -14,7 +14,7 @@ def to_numpy(x: ArrayOrTensor) -> np.ndarray:
     """Return ``x`` as a numpy array on the CPU (no copy when it already is one)."""
     if isinstance(x, torch.Tensor):
         x = x.detach()
-        # numpy has no bfloat16/complex-half counterpart; float32 holds every bfloat16/half value exactly.
+        # numpy has no bfloat16 (and half is slow there); float32 holds every such value exactly.
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()
         return x.cpu().numpy()
@@ -22,13 +22,13 @@ def to_numpy(x: ArrayOrTensor) -> np.ndarray:
 
 
 def as_scores(x: ArrayOrTensor, name: str) -> np.ndarray:
-    """Float64 copy of raw scores; raises ``ValueError`` on NaN/inf.
+    """Raw scores as a float64 array (not to be modified in place); ``ValueError`` on NaN/inf.
 
-    Float64 because the histogram binning scales by powers of two and floors, which must be exact, and
-    float32 would lose integer exactness of the bin index above 2**24.
+    Float64 because the histogram rescales scores by arbitrary powers of two, which must stay exact
+    (float32 would under/overflow far sooner), and because RD4AD's per-image thresholds are float64.
     """
     arr = to_numpy(x)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.number)):
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"{name} must be numeric scores, got dtype {arr.dtype}")
     arr = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all():
@@ -46,7 +46,7 @@ def as_binary(x: ArrayOrTensor, name: str) -> np.ndarray:
     arr = to_numpy(x)
     if arr.dtype == np.bool_:
         return arr
-    if not np.issubdtype(arr.dtype, np.number):
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"{name} must be boolean or 0/1, got dtype {arr.dtype}")
     nonbinary = (arr != 0) & (arr != 1)
     if nonbinary.any():

@@ -19,7 +19,8 @@ class GrowingHistogram:
     until they do: every new bin is then the union of ``2**k`` aligned old bins, so old counts are
     merged exactly and the result never depends on the order or batching of the data. The final bin
     width is the smallest power of two for which the global ``[min, max]`` spans at most ``n_bins``
-    bins, i.e. between ``(max - min) / n_bins`` and about four times that.
+    bins, i.e. at least ``(max - min) / n_bins`` and below ``2 (max - min) / (n_bins - 1)`` (unless the
+    range is below ~2**-44 of the largest magnitude, where the width stops at the float64 resolution).
 
     It keeps ``n_channels`` integer count channels (e.g. normal / anomalous pixels) and one float
     channel of per-sample weights. Memory is ``n_bins * (8 * n_channels + 8)`` bytes regardless of how

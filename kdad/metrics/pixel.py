@@ -37,9 +37,13 @@ class PixelMetricAccumulator:
     The first four come from three histograms on one shared grid (normal-pixel counts,
     anomalous-pixel counts, and anomalous pixels weighted by 1/|region|, whose tail mass over the
     number of regions is PRO), so memory is constant in the number of images. Thresholds are the bin
-    edges; with ``n_bins`` bins over the global score range ``R`` the bin width is below ``4 R / n_bins``
-    and the error against the exact metrics is typically < 1e-4 (it grows when a few extreme outliers
-    stretch ``R``). Scores identical up to the bin width are treated as ties. Every value is nan when
+    edges; with ``n_bins`` bins over the global score range ``R`` the bin width is below
+    ``2 R / (n_bins - 1)``. Scores closer than that may be merged into one level (a tie). Against the
+    exact metrics on blob-defect test sets (20x32x32 to 100x256x256 pixels, default ``n_bins``) the
+    measured errors were <= 3e-7 for AUROC, <= 3e-6 for AUPRO, <= 4e-5 for AP and <= 2e-4 for F1-max
+    (which moves in one-pixel steps on small sets). The error grows when a few extreme outliers stretch
+    ``R``: one pixel at 100x the typical maximum raised the AP error to 2.5e-3 (1.6e-4 with
+    ``n_bins=2**20``; memory is ``24 * n_bins`` bytes). Every value is nan when
     the pooled pixels lack a class (or, for AUPRO, lack regions).
     """
 

@@ -1,0 +1,198 @@
+"""End to end through `kdad.run` with the real configs: composition, run folders, eval, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+
+from kdad.data.errors import DatasetError
+from kdad.methods.base import AnomalyModule, NonFiniteLossError
+from kdad.run import run
+from fixtures import write_folder, write_mvtec, write_mvtec3d, write_visa_raw
+from helpers import compose_config
+
+METHODS = ["rd", "stfpm"]
+DATA = ["synthetic", "mvtec", "visa", "mvtec3d", "folder"]
+SMALL = ["data.image_size=64", "trainer.max_epochs=1", "logger=csv", "data.batch_size=4", "data.eval_batch_size=8"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mvtec")
+    write_mvtec(root, ("bottle",), n_train=8, n_test_good=3, n_per_defect=3)
+    return root
+
+
+def _mvtec(root: Path) -> list[str]:
+    return ["data=mvtec", f"data.root={root}", "data.category=bottle"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("data", DATA)
+def test_every_method_and_data_combination_composes(method: str, data: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"method={method}", f"data={data}"], tmp_path)
+    assert cfg.method.name == method
+    assert cfg.run_dir.endswith(f"{data}/{cfg.data.category}/{method}/seed0")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert datamodule.name == data
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("policy", ["last", "val_loss", "best_on_test"])
+def test_methods_instantiate_under_every_checkpoint_policy(method: str, policy: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"method={method}", f"checkpoint={policy}"], tmp_path)
+    module = hydra.utils.instantiate(cfg.method)
+    assert isinstance(module, AnomalyModule)
+    assert module.validation == {"last": "none", "val_loss": "loss", "best_on_test": "metrics"}[policy]
+    module.model.eval()
+    with torch.no_grad():
+        out = module.model(torch.randn(2, 3, 64, 64))
+    assert out.score.shape == (2,) and out.anomaly_map.shape == (2, 64, 64)
+    assert out.score.dtype == torch.float32
+
+
+def test_rd_run_writes_complete_run_folder(mvtec_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config([*_mvtec(mvtec_root), *SMALL], tmp_path)
+    summary = run(cfg)
+    run_dir = Path(cfg.run_dir)
+    assert run_dir == tmp_path / "runs/default/mvtec/bottle/rd/seed0"
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["metrics"] == summary["metrics"]
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_aupro_per_image", "image_f1_max", "pixel_ap"):
+        assert 0.0 <= saved["metrics"][key] <= 1.0
+    assert saved["checkpoint_policy"] == "last" and saved["data"]["image_size"] == 64
+    assert saved["teacher"]["weights"] == "package:efficientnet_lite0"
+    rows = (run_dir / "scores.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 + 2 * 3  # header + test/good + two defect types
+    assert len(list((run_dir / "overlays").glob("*.png"))) == 9
+    assert (run_dir / "checkpoints/last.ckpt").is_file()
+    assert "method" in (run_dir / "config_resolved.yaml").read_text()
+    # The frozen teacher is rebuilt from its weight source, not stored.
+    state = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.startswith("model.teacher.") for k in state["state_dict"])
+    assert state["kdad"]["frozen"]["model.teacher."]["weights"] == "package:efficientnet_lite0"
+
+    # Evaluating the checkpoint alone reproduces the metrics.
+    eval_cfg = compose_config(
+        [*_mvtec(mvtec_root), *SMALL, "train=false", f"ckpt_path={run_dir}/checkpoints/last.ckpt", "tag=eval"],
+        tmp_path,
+    )
+    evaluated = run(eval_cfg)
+    for key, value in summary["metrics"].items():
+        assert evaluated["metrics"][key] == pytest.approx(value, abs=1e-5)
+
+    # A finished run is not retrained: its results are printed again.
+    again = run(cfg)
+    assert again["metrics"] == saved["metrics"]
+
+
+def test_stfpm_val_loss_policy_tests_best_checkpoint(mvtec_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config([*_mvtec(mvtec_root), *SMALL, "method=stfpm", "checkpoint=val_loss", "trainer.max_epochs=2"], tmp_path)
+    summary = run(cfg)
+    assert summary["checkpoint_policy"] == "val_loss"
+    assert "best-epoch" in summary["checkpoint_used"]
+    assert summary["data"]["val_source"] == "train_split"
+    assert sum(summary["data"]["counts"]["validation"].values()) > 0
+
+
+def test_best_on_test_policy_is_labelled(mvtec_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config([*_mvtec(mvtec_root), *SMALL, "checkpoint=best_on_test", "trainer.max_epochs=2"], tmp_path)
+    summary = run(cfg)
+    assert summary["checkpoint_policy"] == "best_on_test"
+    assert "optimistic" in summary["checkpoint_note"]
+
+
+def test_rerun_of_unfinished_run_resumes_from_last_checkpoint(mvtec_root: Path, tmp_path: Path, caplog) -> None:
+    cfg = compose_config([*_mvtec(mvtec_root), *SMALL], tmp_path)
+    run(cfg)
+    run_dir = Path(cfg.run_dir)
+    (run_dir / "metrics.json").unlink()  # as if the job died before testing
+    longer = compose_config([*_mvtec(mvtec_root), *SMALL, "trainer.max_epochs=2"], tmp_path)
+    with caplog.at_level("INFO", logger="kdad"):
+        summary = run(longer)
+    assert any("Resuming training from" in r.message for r in caplog.records)
+    assert summary["epochs_trained"] == 2
+
+
+def test_interrupted_training_resumes(mvtec_root: Path, tmp_path: Path) -> None:
+    """Ctrl-C in epoch 1 leaves last.ckpt and no metrics.json; the same command then finishes the run."""
+    args = [
+        sys.executable, "-m", "kdad.run", *_mvtec(mvtec_root), *SMALL, "trainer.max_epochs=2",
+        f"paths.runs_dir={tmp_path}/runs", f"data.cache_dir={tmp_path}/resized", "trainer.enable_progress_bar=false",
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    interrupted = subprocess.run(
+        [*args, "+callbacks.interrupt_at._target_=helpers.InterruptAt", "+callbacks.interrupt_at.epoch=1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    run_dir = tmp_path / "runs/default/mvtec/bottle/rd/seed0"
+    assert interrupted.returncode != 0
+    assert (run_dir / "checkpoints/last.ckpt").is_file() and not (run_dir / "metrics.json").exists()
+    state = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1
+    resumed = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming training from" in resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_trained"] == 2
+
+
+def test_wandb_offline_run_holds_summary_and_media(mvtec_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config([*_mvtec(mvtec_root), *[s for s in SMALL if s != "logger=csv"], "logger=wandb"], tmp_path)
+    run(cfg)
+    offline = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    summary = json.loads((offline[0] / "files" / "wandb-summary.json").read_text())
+    assert "test/image_auroc" in summary and summary["checkpoint_policy"] == "last"
+    assert list((offline[0] / "files" / "media" / "images").rglob("*.png"))
+    import wandb
+
+    assert wandb.run is None  # finished, so the next job of a sweep starts its own run
+
+
+def test_non_finite_loss_stops_with_clear_error(mvtec_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config([*_mvtec(mvtec_root), *SMALL, "method.optimizer.lr=1e30", "trainer.max_epochs=3"], tmp_path)
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss .* No optimiser step was taken"):
+        run(cfg)
+    assert not (Path(cfg.run_dir) / "metrics.json").exists()
+
+
+def test_bad_data_root_fails_before_training(tmp_path: Path) -> None:
+    cfg = compose_config(["data=mvtec", f"data.root={tmp_path}/nowhere", *SMALL], tmp_path)
+    with pytest.raises(DatasetError, match="nowhere"):
+        run(cfg)
+    assert not (Path(cfg.run_dir) / "checkpoints").exists()
+
+
+def test_eval_only_requires_checkpoint(tmp_path: Path) -> None:
+    cfg = compose_config(["train=false", *SMALL], tmp_path)
+    with pytest.raises(ValueError, match="ckpt_path"):
+        run(cfg)
+
+
+@pytest.mark.parametrize("data", ["visa", "mvtec3d", "folder", "folder_no_masks"])
+def test_other_benchmarks_run_end_to_end(data: str, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    if data == "visa":
+        write_visa_raw(root)
+        overrides = ["data=visa", f"data.root={root}", "data.category=candle"]
+    elif data == "mvtec3d":
+        write_mvtec3d(root)
+        overrides = ["data=mvtec3d", f"data.root={root}", "data.category=bagel"]
+    else:
+        masks = data == "folder"
+        write_folder(root, with_masks=masks, n_test_normal=2)
+        overrides = ["data=folder", f"data.root={root}", "data.test_normal_dir=good_test"]
+        overrides += ["data.mask_dir=mask"] if masks else []
+    summary = run(compose_config([*overrides, *SMALL], tmp_path))
+    has_pixels = data != "folder_no_masks"
+    assert ("pixel_auroc" in summary["metrics"]) == has_pixels
+    assert 0.0 <= summary["metrics"]["image_auroc"] <= 1.0
