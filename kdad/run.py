@@ -156,6 +156,8 @@ def _log_results(logger: Logger | bool, summary: dict[str, Any], overlays: list[
     for key, value in summary["metrics"].items():
         run.summary[f"test/{key}"] = value
     run.summary["checkpoint_policy"] = summary["checkpoint_policy"]
+    metrics = summary["metrics"]
+    logger.log_table(key="test/results", columns=list(metrics), data=[[metrics[k] for k in metrics]])
     if overlays:
         logger.log_image(key="test/overlays", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])
 

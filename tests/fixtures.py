@@ -67,7 +67,11 @@ def write_image(
 
 
 def write_mask(
-    path: Path, box: tuple[int, int, int, int], size: tuple[int, int] = SIZE, value: int = 255, mode: str = "L"
+    path: Path,
+    box: tuple[int, int, int, int],
+    size: tuple[int, int] = SIZE,
+    value: int = 255,
+    mode: str = "L",
 ) -> Path:
     """A mask with ``value`` inside ``box`` (255 like MVTec, or a class id like VisA)."""
     width, height = size
@@ -228,9 +232,11 @@ def write_folder(
     for i in range(n_test_normal):
         path = write_image(root / "good_test" / f"t{i:03d}.png", size)
         manifest[path] = Expected(0, "good")
-    groups = [(root / "defect", "defect", root / "mask")] if defects is None else [
-        (root / "defect" / name, name, root / "mask" / name) for name in defects
-    ]
+    groups = (
+        [(root / "defect", "defect", root / "mask")]
+        if defects is None
+        else [(root / "defect" / name, name, root / "mask" / name) for name in defects]
+    )
     index = 0
     for folder, defect, mask_folder in groups:
         for stem in stems(n_per_defect):

@@ -10,7 +10,6 @@ from fixtures import (
     Expected,
     Manifest,
     write_folder,
-    write_image,
     write_mvtec,
     write_mvtec3d,
     write_visa_converted,
@@ -65,7 +64,12 @@ def test_mvtec_finds_samples_and_pairs_masks_by_stem(tmp_path: Path) -> None:
     module = MVTecDataModule(str(tmp_path), "bottle", image_size=32)
     train, test = module.train_dataset.samples, module.test_dataset.samples
     assert len(train) == 5 and all(s.label == 0 and s.defect_type == "good" for s in train)
-    assert module.describe()["counts"]["test"] == {"total": 8, "broken_large": 3, "contamination": 3, "good": 2}
+    assert module.describe()["counts"]["test"] == {
+        "total": 8,
+        "broken_large": 3,
+        "contamination": 3,
+        "good": 2,
+    }
     _check_against_manifest(train + test, manifest)
     for sample in test:
         if sample.label == 1:
@@ -201,4 +205,6 @@ def test_samples_paired_by_stem_not_by_sorted_position(tmp_path: Path) -> None:
     by_stem = {stem: f"{stem}_mask" for stem in ("000", "0001", "002", "0003")}
     assert positional != by_stem  # the fixture's names defeat sorted-order pairing
     module = MVTecDataModule(str(tmp_path), "bottle", image_size=16)
-    assert {s.image_path.stem: s.mask_path.stem for s in module.test_dataset.samples if s.label == 1} == by_stem
+    assert {
+        s.image_path.stem: s.mask_path.stem for s in module.test_dataset.samples if s.label == 1
+    } == by_stem

@@ -15,13 +15,12 @@ from kdad.data import AnomalyDataset, DatasetError, DecodeCache, MVTecDataModule
 
 
 def _dataset(tmp_path: Path, cache: DecodeCache, n: int = 3, **kwargs: object) -> AnomalyDataset:
+    """n defect images with masks, written on first use and reused by later datasets of the same test."""
     samples = []
     for i in range(n):
-        image = write_image(tmp_path / "img" / f"{i}.png", box=(2, 2, 10, 10)) if not (
-            tmp_path / "img" / f"{i}.png"
-        ).exists() else tmp_path / "img" / f"{i}.png"
-        mask = tmp_path / "img" / f"{i}_mask.png"
-        if not mask.exists():
+        image, mask = tmp_path / "img" / f"{i}.png", tmp_path / "img" / f"{i}_mask.png"
+        if not image.exists():
+            write_image(image, box=(2, 2, 10, 10))
             write_mask(mask, (2, 2, 10, 10))
         samples.append(Sample(image, mask, 1, "x"))
     return AnomalyDataset(samples, image_size=16, cache=cache, **kwargs)
@@ -72,8 +71,14 @@ def test_variants_do_not_collide(tmp_path: Path) -> None:
     mask = write_mask(tmp_path / "a_mask.png", (3, 3, 9, 9))
     sample = [Sample(path, mask, 1, "x")]
     shapes = set()
-    for size, interpolation, mode in [(16, "bilinear", "nearest"), (16, "bicubic", "bilinear_threshold"), (8, "bilinear", "nearest")]:
-        dataset = AnomalyDataset(sample, image_size=size, interpolation=interpolation, mask_resize=mode, cache=cache)
+    for size, interpolation, mode in [
+        (16, "bilinear", "nearest"),
+        (16, "bicubic", "bilinear_threshold"),
+        (8, "bilinear", "nearest"),
+    ]:
+        dataset = AnomalyDataset(
+            sample, image_size=size, interpolation=interpolation, mask_resize=mode, cache=cache
+        )
         shapes.add(dataset.load_image(0).shape)
         dataset.load_mask(0)
     assert cache.stats.decodes == 6 and shapes == {(16, 16, 3), (8, 8, 3)}
@@ -85,7 +90,11 @@ def test_writes_are_atomic_and_concurrent_writers_agree(tmp_path: Path) -> None:
     caches = [DecodeCache(directory) for _ in range(6)]  # six "processes" racing on one entry
     results: list[np.ndarray] = []
     threads = [
-        threading.Thread(target=lambda c=c: results.append(AnomalyDataset([Sample(path, None, 0, "good")], 16, cache=c).load_image(0)))
+        threading.Thread(
+            target=lambda c=c: results.append(
+                AnomalyDataset([Sample(path, None, 0, "good")], 16, cache=c).load_image(0)
+            )
+        )
         for c in caches
     ]
     for thread in threads:
@@ -159,7 +168,10 @@ def test_datamodule_preload_and_second_run_from_disk(tmp_path: Path) -> None:
 
 def test_corrupt_image_reported_at_preload(tmp_path: Path) -> None:
     write_mvtec(tmp_path)
-    broken = [tmp_path / "bottle" / "train" / "good" / "000.png", tmp_path / "bottle" / "test" / "good" / "0001.png"]
+    broken = [
+        tmp_path / "bottle" / "train" / "good" / "000.png",
+        tmp_path / "bottle" / "test" / "good" / "0001.png",
+    ]
     for path in broken:
         path.write_bytes(path.read_bytes()[:60])  # truncated: the header survives, the pixels do not
     module = MVTecDataModule(str(tmp_path), "bottle", image_size=16)

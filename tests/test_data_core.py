@@ -127,7 +127,9 @@ def test_transform_applies_jointly_before_normalisation(tmp_path: Path) -> None:
 
 def test_transform_must_keep_uint8(tmp_path: Path) -> None:
     dataset = AnomalyDataset(
-        [Sample(write_image(tmp_path / "a.png"), None, 0, "good")], image_size=8, transform=A.Compose([A.Normalize()])
+        [Sample(write_image(tmp_path / "a.png"), None, 0, "good")],
+        image_size=8,
+        transform=A.Compose([A.Normalize()]),
     )
     with pytest.raises(DatasetError, match="uint8"):
         dataset[0]

@@ -150,9 +150,13 @@ def test_wandb_offline_run_holds_summary_and_media(mvtec_root: Path, tmp_path: P
     run(cfg)
     offline = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    summary = json.loads((offline[0] / "files" / "wandb-summary.json").read_text())
-    assert "test/image_auroc" in summary and summary["checkpoint_policy"] == "last"
-    assert list((offline[0] / "files" / "media" / "images").rglob("*.png"))
+    # Offline runs keep their summary in the run's transaction log until `wandb sync`.
+    log = next(offline[0].glob("*.wandb")).read_bytes()
+    assert b"test/image_auroc" in log and b"checkpoint_policy" in log
+    media = offline[0] / "files" / "media"
+    assert len(list((media / "images").rglob("*.png"))) == 9
+    table = json.loads(next((media / "table").rglob("*.table.json")).read_text())
+    assert "image_auroc" in table["columns"] and len(table["data"]) == 1
     import wandb
 
     assert wandb.run is None  # finished, so the next job of a sweep starts its own run

@@ -72,6 +72,6 @@ class MVTec3DDataModule(AnomalyDataModule):
 
     def layout_help(self) -> str:
         return (
-            f"Expected the MVTec 3D-AD layout {self.data_root}/<category>/{{train,validation,test}}/<label>/rgb/"
-            "NNN.png with masks in test/<label>/gt/NNN.png."
+            f"Expected the MVTec 3D-AD layout {self.data_root}/<category>/{{train,validation,test}}/<label>"
+            "/rgb/NNN.png with masks in test/<label>/gt/NNN.png."
         )

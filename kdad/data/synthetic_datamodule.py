@@ -76,8 +76,8 @@ class SyntheticDataModule(AnomalyDataModule):
             )
         from kdad.data.synthetic import ensure_synthetic_benchmark
 
-        return Path(
-            ensure_synthetic_benchmark(
+        try:
+            generated = ensure_synthetic_benchmark(
                 self.root,
                 categories=[self.category],
                 image_size=self.generation_size,
@@ -86,7 +86,13 @@ class SyntheticDataModule(AnomalyDataModule):
                 n_test_per_defect=self.n_test_per_defect,
                 seed=self.generation_seed,
             )
-        )
+        except DatasetError:
+            raise
+        except ValueError as exc:  # the generator's own checks (sizes, counts)
+            raise DatasetError(
+                f"cannot generate synthetic '{self.category}' under {self.root}: {exc}"
+            ) from exc
+        return Path(generated)
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before setup: generation happens once there.

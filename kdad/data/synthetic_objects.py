@@ -120,6 +120,7 @@ class Part(Category):
             rng.uniform(-self.max_angle, self.max_angle),
             shift=tuple(rng.uniform(-1, 1, 2) * self.max_shift * size),
             scale=rng.uniform(0.97, 1.03),
+            mirror=False,
         )
         light = view.direction_to_canvas(unit(WORLD_LIGHT_ANGLE + rng.normal(0, 0.15)))
         p = self.sample(rng, size, light)
@@ -134,14 +135,14 @@ class Part(Category):
         """A matte surface with faint, large-scale unevenness and fine grain."""
         k = size / 256
         base = jitter_color(rng, self.background_rgb, 0.04)
-        shade = 1 + 0.05 * smooth_noise(rng, (size, size), 60 * k, 2) + 0.02 * smooth_noise(rng, (size, size), k)
+        shade = 1 + 0.025 * smooth_noise(rng, (size, size), 80 * k, 2) + 0.02 * smooth_noise(rng, (size, size), k)
         return (base * shade[..., None]).astype(np.float32)
 
     @staticmethod
     def _compose(background: np.ndarray, view: View, layer: Layer) -> np.ndarray:
         # Premultiplied warp: colours outside the part never bleed into its anti-aliased edge.
-        alpha = view.warp(layer.alpha, reflect=False)
-        premultiplied = view.warp(layer.rgb * layer.alpha[..., None], reflect=False)
+        alpha = view.warp(layer.alpha)
+        premultiplied = view.warp(layer.rgb * layer.alpha[..., None])
         return (background * (1 - alpha)[..., None] + premultiplied).astype(np.float32)
 
 

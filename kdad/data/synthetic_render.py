@@ -182,7 +182,7 @@ def blend(img: np.ndarray, color: np.ndarray | float, alpha: np.ndarray) -> np.n
 def jitter_color(rng: Rng, rgb: tuple[float, float, float], spread: float) -> np.ndarray:
     """A colour with a common brightness change and a smaller per-channel hue change."""
     base = np.asarray(rgb, np.float32)
-    return (base * rng.uniform(1 - spread, 1 + spread) * rng.uniform(1 - spread / 3, 1 + spread / 3, 3)).astype(
+    return (base * rng.uniform(1 - spread, 1 + spread) * rng.uniform(1 - spread / 5, 1 + spread / 5, 3)).astype(
         np.float32
     )
 
@@ -200,10 +200,10 @@ class View:
     canvas: int
     size: int
     matrix: np.ndarray  # 2 x 3, canvas -> output
+    mirror: bool  # outside the canvas: mirrored (textures tile on) or empty (a part on its background)
 
-    def warp(self, layer: np.ndarray, reflect: bool = True) -> np.ndarray:
-        """``layer`` in output coordinates; outside the canvas it is mirrored (textures) or zero (parts)."""
-        border = cv2.BORDER_REFLECT_101 if reflect else cv2.BORDER_CONSTANT
+    def warp(self, layer: np.ndarray) -> np.ndarray:
+        border = cv2.BORDER_REFLECT_101 if self.mirror else cv2.BORDER_CONSTANT
         return cv2.warpAffine(layer, self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=border)
 
     def to_canvas(self, point: np.ndarray) -> np.ndarray:
@@ -218,12 +218,17 @@ class View:
 
 
 def make_view(
-    size: int, canvas: int, angle_deg: float, shift: tuple[float, float] = (0.0, 0.0), scale: float = 1.0
+    size: int,
+    canvas: int,
+    angle_deg: float,
+    shift: tuple[float, float] = (0.0, 0.0),
+    scale: float = 1.0,
+    mirror: bool = True,
 ) -> View:
     centre = (canvas - 1) / 2
     matrix = cv2.getRotationMatrix2D((centre, centre), angle_deg, scale)
     matrix[:, 2] += np.array([(size - 1) / 2 - centre + shift[0], (size - 1) / 2 - centre + shift[1]])
-    return View(canvas, size, matrix)
+    return View(canvas, size, matrix, mirror)
 
 
 def canvas_for_rotation(size: int, max_angle_deg: float) -> int:
@@ -244,7 +249,7 @@ def apply_sensor(rng: Rng, img: np.ndarray, noise: tuple[float, float] = (0.006,
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     direction = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(direction) * (xx / w - 0.5) + np.sin(direction) * (yy / h - 0.5)) * rng.uniform(0.0, 0.12)
-    gain = rng.uniform(0.9, 1.1) * rng.uniform(0.98, 1.02, 3).astype(np.float32)
+    gain = rng.uniform(0.9, 1.1) * rng.uniform(0.99, 1.01, 3).astype(np.float32)
     out = img * (1 + ramp)[..., None] * gain
     sigma = rng.uniform(0.0, 0.7)
     if sigma > 0.25:

@@ -287,7 +287,7 @@ class Leatherette(Texture):
 
     name = "leatherette"
     defects = ("cut", "poke", "fold", "glue")
-    max_angle = 45.0  # isotropic texture: any orientation is normal
+    max_angle = 0.0  # isotropic: rotating it would add nothing but canvas area (and time)
 
     def sample(self, rng: Rng, canvas: int, size: int) -> LeatherParams:
         k = size / 256
@@ -436,7 +436,7 @@ class Mesh(Texture):
         """Cylinder shading across the wire, darker where it dives under a crossing wire, plus a highlight."""
         across = np.clip(across, -1, 1)
         cyl = np.sqrt(1 - across**2)
-        shade = (0.35 + 0.65 * cyl) * (0.6 + 0.4 * z) * gain + 0.3 * np.exp(-(((across + 0.35) / 0.25) ** 2))
+        shade = (0.35 + 0.65 * cyl) * (0.72 + 0.28 * z) * gain + 0.3 * np.exp(-(((across + 0.35) / 0.25) ** 2))
         return p.metal_rgb * shade[..., None]
 
     def _broken(self, rng: Rng, p: MeshParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -445,8 +445,8 @@ class Mesh(Texture):
         xx, yy = _grid(p.n)
         fu, fv = (xx + p.offset[0]) / p.period, (yy + p.offset[1]) / p.period
         cu, cv = (c + p.offset) / p.period
-        start = np.floor(cv) + rng.uniform(0.15, 0.35)
-        stop = np.floor(cv) + rng.uniform(0.65, 0.85) + (rng.random() < 0.4)
+        start = np.floor(cv) + rng.uniform(0.12, 0.3)
+        stop = np.floor(cv) + rng.uniform(0.7, 0.88) + (rng.random() < 0.4)
         cut = ((np.round(fu) == np.round(cu)) & (fv > start) & (fv < stop)).astype(np.float32)
         img_cut, a_v_cut = self._mesh(p, xx, yy, cut)
         _, a_v = self._mesh(p, xx, yy)
