@@ -78,7 +78,7 @@ def write_mask(
     pixels = np.zeros((height, width), dtype=np.uint8)
     left, top, right, bottom = box
     pixels[top:bottom, left:right] = value
-    image = Image.fromarray(pixels, mode="L")
+    image = Image.fromarray(pixels)
     if mode == "P":
         image = image.convert("P")
     path.parent.mkdir(parents=True, exist_ok=True)

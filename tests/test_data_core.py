@@ -80,7 +80,7 @@ def test_rgba_and_rgb_masks_ignore_alpha(tmp_path: Path) -> None:
     pixels = np.zeros((32, 32, 4), dtype=np.uint8)
     pixels[..., 3] = 255  # opaque everywhere: alpha must not count as foreground
     pixels[4:12, 4:12, 0] = 200
-    Image.fromarray(pixels, mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(pixels).save(tmp_path / "rgba.png")
     mask = decode_mask(tmp_path / "rgba.png", 32, "nearest")
     assert mask.sum() == 64 and mask[4:12, 4:12].all()
 
@@ -150,3 +150,9 @@ def test_dataset_rejects_unknown_options(tmp_path: Path) -> None:
         AnomalyDataset(samples, mask_resize="area")
     with pytest.raises(DatasetError, match="image_size"):
         AnomalyDataset(samples, image_size=0)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16)).save(tmp_path / "deep.png")  # mid-grey
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    assert np.all(decode_image(tmp_path / "deep.png", 4, "bilinear") == 128)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import albumentations as A
 import pytest
 from fixtures import write_folder, write_image, write_mask, write_mvtec, write_mvtec3d, write_visa_raw
 
@@ -239,3 +240,8 @@ def test_folder_mask_dir_not_mirroring(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "mask" / "dent")
     message = _setup_error(FolderDataModule(str(tmp_path), mask_dir="mask"))
     assert str(tmp_path / "mask" / "dent") in message and "mirror" in message
+
+
+def test_train_augmentations_must_be_albumentations_transforms(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"train_augmentations\[1\] is a dict"):
+        MVTecDataModule(str(tmp_path), "bottle", train_augmentations=[A.HorizontalFlip(), {"p": 0.5}])

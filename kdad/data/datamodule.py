@@ -280,6 +280,13 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         if isinstance(augmentations, A.Compose):
             return augmentations
         transforms = list(augmentations)
+        for index, transform in enumerate(transforms):
+            if not isinstance(transform, A.BasicTransform | A.BaseCompose):
+                raise DatasetError(
+                    f"train_augmentations[{index}] is a {type(transform).__name__}, not an albumentations "
+                    "transform: give instantiated transforms (in Hydra, entries with a _target_ such as "
+                    "albumentations.HorizontalFlip)."
+                )
         return A.Compose(transforms, seed=self.seed) if transforms else None
 
     def _samples_or_setup(self) -> dict[str, list[Sample]]:

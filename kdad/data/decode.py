@@ -43,12 +43,21 @@ def read_size(path: Path) -> tuple[int, int]:
         ) from exc
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        # 16-bit grayscale (common with industrial cameras): PIL's convert would clip everything above 255
+        # to white, so scale the full 16-bit range to 8 bits instead.
+        values = np.asarray(image, dtype=np.float32) * (255.0 / 65535.0)
+        image = Image.fromarray(np.round(values).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def decode_image(path: Path, size: int, interpolation: str) -> np.ndarray:
     """RGB uint8 array [size, size, 3]; grayscale images (MVTec grid/screw/zipper) become 3-channel."""
     resample = INTERPOLATIONS[check_choice(interpolation, tuple(INTERPOLATIONS), "interpolation")]
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
+            rgb = _to_rgb(image)
         return np.asarray(rgb.resize((size, size), resample), dtype=np.uint8)
     except _DECODE_ERRORS as exc:
         raise DatasetError(

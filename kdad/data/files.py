@@ -71,8 +71,3 @@ def find_mask(image: Path, masks: dict[str, Path], mask_folder: Path, suffixes: 
             f"{', '.join(str(c) for c in candidates)}. Keep exactly one mask per image."
         )
     return candidates[0]
-
-
-def relative_or_absolute(root: Path, path: str) -> Path:
-    """``root / path``; an absolute ``path`` is kept as is (pathlib drops ``root`` for it)."""
-    return root / Path(path).expanduser()

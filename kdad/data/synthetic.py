@@ -36,6 +36,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ _TMP_PREFIX = ".tmp__"
 # A temporary folder this old is abandoned even if its owner cannot be checked (another host): generating
 # one category takes seconds.
 _STALE_AFTER_S = 3600.0
+_THREADS = min(os.cpu_count() or 1, 8)
 
 
 @dataclass(frozen=True)
@@ -143,23 +145,32 @@ def _plan(spec: Category, params: BenchmarkParams) -> list[tuple[str, str, int]]
     return plan + [("test", defect, params.n_test_per_defect) for defect in spec.defects]
 
 
+def _write_sample(name: str, params: BenchmarkParams, dest: Path, split: str, defect: str, stem: str) -> None:
+    image, mask = render_synthetic_image(name, defect, int(stem), params.image_size, params.seed, split)
+    _write_png(dest / split / defect / f"{stem}.png", image)
+    if defect != NORMAL:
+        _write_png(dest / "ground_truth" / defect / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+
+
 def generate_category(name: str, params: BenchmarkParams, dest: Path) -> dict[str, int]:
-    """Writes every image and mask of category ``name`` under ``dest``; returns the count per folder."""
+    """Writes every image and mask of category ``name`` under ``dest``; returns the count per folder.
+
+    Images are independent (one generator each), so they are rendered on a few threads: NumPy and OpenCV
+    release the GIL in their kernels, and the files do not depend on the scheduling.
+    """
     spec = _category(name)
     width = max(3, len(str(max(params.n_train, params.n_test_good, params.n_test_per_defect) - 1)))
+    jobs: list[tuple[str, str, str]] = []
     counts: dict[str, int] = {}
     for split, defect, count in _plan(spec, params):
-        folder = dest / split / defect
-        folder.mkdir(parents=True)
+        (dest / split / defect).mkdir(parents=True)
         if defect != NORMAL:
             (dest / "ground_truth" / defect).mkdir(parents=True)
-        for index in range(count):
-            image, mask = render_synthetic_image(name, defect, index, params.image_size, params.seed, split)
-            stem = f"{index:0{width}d}"
-            _write_png(folder / f"{stem}.png", image)
-            if defect != NORMAL:
-                _write_png(dest / "ground_truth" / defect / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+        jobs += [(split, defect, f"{index:0{width}d}") for index in range(count)]
         counts[f"{split}/{defect}"] = count
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        # list(): re-raises the first exception of any job.
+        list(pool.map(lambda job: _write_sample(name, params, dest, *job), jobs))
     return counts
 
 
