@@ -97,6 +97,10 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         cache_dir: folder for the on-disk decode cache; None keeps decoded images in memory only.
         preload: decode every image of every split into the cache at setup (also finds corrupt files early).
         train_augmentations: albumentations transforms (or a Compose) applied to training images and masks.
+        train_synthesis: pseudo-anomaly maker for training images (see ``AnomalyDataset``); set by methods
+            that train on synthetic anomalies (RD++, RD with Expert, AAND) through the ``synthesis`` group.
+        foreground: foreground-mask settings per category, ``{category: {method: ..., ...}, "default": ...}``,
+            used to restrict synthetic anomalies to the object; computed once per training image and cached.
     """
 
     name: ClassVar[str] = ""
@@ -120,6 +124,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         cache_dir: str | None = None,
         preload: bool = True,
         train_augmentations: list | None = None,
+        train_synthesis: Any | None = None,
+        foreground: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(str(root)).expanduser()
@@ -141,6 +147,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir is not None else None
         self.preload = bool(preload)
         self.train_transform = self._compose(train_augmentations)
+        self.train_synthesis = train_synthesis
+        self.foreground_by_category = dict(foreground) if foreground else {}
         self.cache = DecodeCache(self.cache_dir)
         self._data_root: Path | None = None
         self._samples: dict[str, list[Sample]] | None = None
@@ -243,11 +251,22 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             unique = list(dict.fromkeys(s for split in self._samples.values() for s in split))
             try:
                 self._make_dataset(unique).preload()
+                if self.train_synthesis is not None and self.foreground_spec is not None:
+                    self._datasets["train"].preload()  # foreground masks: GrabCut is ~0.5 s an image
             except DatasetError:
                 self._samples, self._datasets = None, {}  # a later setup() must not skip the failed checks
                 raise
 
-    def _make_dataset(self, samples: list[Sample], transform: Any | None = None) -> AnomalyDataset:
+    @property
+    def foreground_spec(self) -> dict[str, Any] | None:
+        """This category's foreground_mask() arguments, or None when synthesis is unrestricted."""
+        spec = self.foreground_by_category.get(self.category, self.foreground_by_category.get("default"))
+        if not spec or spec.get("method", "none") == "none":
+            return None
+        return dict(spec)
+
+    def _make_dataset(self, samples: list[Sample], transform: Any | None = None, train: bool = False) -> AnomalyDataset:
+        synthesis = self.train_synthesis if train else None
         return AnomalyDataset(
             samples,
             image_size=self.image_size,
@@ -256,6 +275,9 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             transform=transform,
             cache=self.cache,
             pixel_ground_truth=self.has_pixel_masks,
+            synthesis=synthesis,
+            foreground=self.foreground_spec if synthesis is not None else None,
+            synthesis_seed=self.seed,
         )
 
     def _build_datasets(self) -> None:
@@ -269,7 +291,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         else:
             val = None
         self._datasets = {
-            "train": make(self._samples["train"], self.train_transform),
+            "train": make(self._samples["train"], self.train_transform, train=True),
             "validation": val,
             "test": test,
         }
@@ -333,6 +355,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             "val_source": self.val_source,
             "has_pixel_masks": self.has_pixel_masks,
             "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None,
+            "train_synthesis": type(self.train_synthesis).__name__ if self.train_synthesis is not None else None,
+            "foreground": self.foreground_spec if self.train_synthesis is not None else None,
             "counts": counts,
             **self.describe_layout(),
         }

@@ -6,10 +6,11 @@ binarisation, caching, augmentation, normalisation) happens here, identically fo
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,9 @@ class Sample:
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W]: /255, then ImageNet mean/std (= ToTensor + Normalize)."""
-    scaled = (image.astype(np.float32) / np.float32(255.0) - _MEAN) / _STD
+    """uint8 [H, W, 3] (or float in [0, 1]) -> float32 [3, H, W]: ImageNet mean/std (= ToTensor + Normalize)."""
+    unit = image.astype(np.float32) / np.float32(255.0) if image.dtype == np.uint8 else image.astype(np.float32)
+    scaled = (unit - _MEAN) / _STD
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
@@ -72,6 +74,13 @@ class AnomalyDataset(Dataset):
         pixel_ground_truth: False when the dataset has no pixel annotations at all (e.g. a user's folder
             without masks): then ``has_mask`` is False for every sample. When True, normal samples count as
             annotated (their ground truth is all zeros) and anomalous ones when they have a mask file.
+        synthesis: optional pseudo-anomaly maker (``kdad.data.synthesis``), called as
+            ``synthesis(image_uint8, rng[, foreground=mask])`` and returning (image uint8 or float in [0, 1],
+            bool mask). Items then also hold ``image_aug`` and ``mask_aug``. The generator is seeded from
+            (synthesis_seed, index, draw count), so every epoch draws new anomalies, reproducibly.
+        foreground: optional ``foreground_mask`` arguments (e.g. ``{"method": "grabcut"}``); the mask is
+            computed once per image from the resized image, cached like decoded images, passed to
+            ``synthesis`` and returned as ``foreground``.
     """
 
     def __init__(
@@ -83,6 +92,9 @@ class AnomalyDataset(Dataset):
         transform: Any | None = None,
         cache: DecodeCache | None = None,
         pixel_ground_truth: bool = True,
+        synthesis: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+        foreground: Mapping[str, Any] | None = None,
+        synthesis_seed: int = 0,
     ) -> None:
         if image_size <= 0:
             raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}.")
@@ -93,6 +105,13 @@ class AnomalyDataset(Dataset):
         self.transform = transform
         self.cache = cache if cache is not None else DecodeCache()
         self.pixel_ground_truth = pixel_ground_truth
+        self.synthesis = synthesis
+        self.foreground = dict(foreground) if foreground else None
+        self.synthesis_seed = int(synthesis_seed)
+        self._draws = 0
+        self._synthesis_takes_foreground = synthesis is not None and (
+            "foreground" in inspect.signature(synthesis).parameters
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,6 +135,36 @@ class AnomalyDataset(Dataset):
         variant = f"mask|{self.image_size}|{self.mask_resize}"
         return self.cache.get(mask_path, variant, self._decode_mask)
 
+    def load_foreground(self, index: int) -> np.ndarray:
+        """Binary uint8 foreground mask [S, S] of the resized image (computed once, then cached)."""
+        from kdad.data.synthesis import foreground_mask
+
+        assert self.foreground is not None
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.foreground.items()))
+        variant = f"foreground|{self.image_size}|{self.interpolation}|{params}"
+        image = self.load_image(index)
+        return self.cache.get(
+            self.samples[index].image_path,
+            variant,
+            lambda _path: foreground_mask(image, **self.foreground).astype(np.uint8),
+        )
+
+    def _synthesise(self, index: int, image: np.ndarray) -> dict[str, torch.Tensor]:
+        assert self.synthesis is not None
+        rng = np.random.default_rng((self.synthesis_seed, index, self._draws))
+        self._draws += 1
+        out: dict[str, torch.Tensor] = {}
+        kwargs: dict[str, Any] = {}
+        if self.foreground is not None:
+            foreground = self.load_foreground(index) > 0
+            out["foreground"] = torch.from_numpy(foreground.astype(np.float32)[None])
+            if self._synthesis_takes_foreground:
+                kwargs["foreground"] = foreground
+        augmented, mask = self.synthesis(image, rng, **kwargs)
+        out["image_aug"] = normalize(np.asarray(augmented))
+        out["mask_aug"] = torch.from_numpy(np.asarray(mask, dtype=np.float32)[None])
+        return out
+
     def has_mask(self, index: int) -> bool:
         sample = self.samples[index]
         return self.pixel_ground_truth and (sample.label == 0 or sample.mask_path is not None)
@@ -134,7 +183,7 @@ class AnomalyDataset(Dataset):
                     f"got {type(image).__name__} {getattr(image, 'dtype', '')} for {sample.image_path}. "
                     "Remove Normalize/ToTensorV2 from the augmentation list."
                 )
-        return {
+        item = {
             "image": normalize(image),
             "mask": torch.from_numpy((np.asarray(mask) > 0).astype(np.float32)[None]),
             "label": torch.tensor(sample.label, dtype=torch.int64),
@@ -142,6 +191,9 @@ class AnomalyDataset(Dataset):
             "image_path": str(sample.image_path),
             "defect_type": sample.defect_type,
         }
+        if self.synthesis is not None:
+            item.update(self._synthesise(index, np.ascontiguousarray(image)))
+        return item
 
     def preload(self, num_threads: int | None = None) -> None:
         """Decode + resize every image and mask into the cache, in threads (PIL releases the GIL).
@@ -158,6 +210,8 @@ class AnomalyDataset(Dataset):
             try:
                 self.load_image(index)
                 self.load_mask(index)
+                if self.foreground is not None:
+                    self.load_foreground(index)
             except DatasetError as exc:
                 return exc
             return None

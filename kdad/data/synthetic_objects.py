@@ -89,11 +89,11 @@ def _erase_or_shift_text(
     """A faulty imprint: (normal text coverage, faulty text coverage), partly missing or misregistered."""
     normal = text_alpha(shape, text, centre, height)
     if rng.random() < 0.55:
-        spot = centre + rng.uniform(-1, 1, 2) * np.array([len(text) * height * 0.4, height * 0.4])
-        eraser = blob_alpha(rng, shape, spot, rng.uniform(0.3, 0.7) * height, 0.3)
+        spot = centre + rng.uniform(-1, 1, 2) * np.array([len(text) * height * 0.35, height * 0.3])
+        eraser = blob_alpha(rng, shape, spot, rng.uniform(0.4, 0.9) * height, 0.3)
         faulty = normal * (1 - eraser)
     else:
-        faulty = text_alpha(shape, text, centre + unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(1.5, 6) * k, height)
+        faulty = text_alpha(shape, text, centre + unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(2.5, 7) * k, height)
     return normal, faulty
 
 
@@ -351,8 +351,8 @@ class Tablet(Part):
         length = rng.uniform(15, 70) * p.k
         heading = rng.uniform(0, 2 * np.pi)
         points = random_walk(rng, self._inside_point(rng, p), heading, length, 0.2, 2 * p.k)
-        alpha = polyline_alpha((p.size, p.size), points, max(1.0, rng.uniform(1.0, 2.4) * p.k))
-        return _surface_defect(self.draw(p), (0.34, 0.32, 0.31), alpha, rng.uniform(0.35, 0.85))
+        alpha = polyline_alpha((p.size, p.size), points, max(1.0, rng.uniform(1.2, 2.6) * p.k))
+        return _surface_defect(self.draw(p), (0.34, 0.32, 0.31), alpha, rng.uniform(0.45, 0.9))
 
     def _contamination(self, rng: Rng, p: TabletParams) -> tuple[Layer, np.ndarray]:
         # Small dark particles can look like the normal speckles: only colour and size tell them apart.
@@ -458,7 +458,7 @@ class Gelcap(Part):
         return _surface_defect(self.draw(p), (0.22, 0.2, 0.18), alpha, rng.uniform(0.4, 0.85))
 
     def _poke(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
-        alpha = blob_alpha(rng, (p.size, p.size), self._point_on(rng, p), max(1.0, rng.uniform(1.5, 4.5) * p.k), 0.15)
+        alpha = blob_alpha(rng, (p.size, p.size), self._point_on(rng, p), max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.15)
         return _surface_defect(self.draw(p), (0.12, 0.11, 0.10), alpha, rng.uniform(0.6, 0.95))
 
     def _faulty_imprint(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
@@ -546,30 +546,30 @@ class Bolt(Part):
 
     def _scratch_head(self, rng: Rng, p: BoltParams) -> tuple[Layer, np.ndarray]:
         layer = self.draw(p)
-        centre_uv = np.array([rng.uniform(-76, -58), rng.uniform(-16, 16)])
-        d = unit(rng.uniform(0, np.pi)) * rng.uniform(8, 24) / 2
+        centre_uv = np.array([rng.uniform(-74, -60), rng.uniform(-14, 14)])
+        d = unit(rng.uniform(0, np.pi)) * rng.uniform(12, 28) / 2
         c = (p.size - 1) / 2
         points = (np.stack([centre_uv - d, centre_uv + d]) * p.k) + c
-        alpha = polyline_alpha((p.size, p.size), points, max(1.0, rng.uniform(0.8, 2.0) * p.k))
+        alpha = polyline_alpha((p.size, p.size), points, max(1.0, rng.uniform(1.2, 2.6) * p.k))
         u, v = self.axial(p)
         head_c, head_w = sum(self.head) / 2, (self.head[1] - self.head[0]) / 2
         head = sdf_round_box(u - head_c, v, head_w, self.head_half, 4.0) <= 0
         colour = (0.95, 0.95, 0.96) if rng.random() < 0.6 else (0.2, 0.2, 0.22)
-        return _surface_defect(layer, colour, alpha * head, rng.uniform(0.4, 0.85))
+        return _surface_defect(layer, colour, alpha * head, rng.uniform(0.5, 0.9))
 
     def _thread_damage(self, rng: Rng, p: BoltParams) -> tuple[Layer, np.ndarray]:
         start = rng.uniform(self.shank_end + 2, self.tip_start - 8)
-        worn = replace(p, worn=(start, start + rng.uniform(6, 22)))
+        worn = replace(p, worn=(start, start + rng.uniform(10, 28)))
         u, _ = self.axial(p)
         return self.draw(worn), self._changed_between(p, worn, (u >= worn.worn[0]) & (u <= worn.worn[1]))
 
     def _missing_tip(self, rng: Rng, p: BoltParams) -> tuple[Layer, np.ndarray]:
-        broken = replace(p, tip_end=p.tip_end - rng.uniform(6, 22))
+        broken = replace(p, tip_end=p.tip_end - rng.uniform(8, 26))
         return self.draw(broken), _xor_mask(self.draw(p).alpha, self.draw(broken).alpha)
 
     def _bent(self, rng: Rng, p: BoltParams) -> tuple[Layer, np.ndarray]:
         start = rng.uniform(-10, 40)
-        curvature = rng.choice([-1, 1]) * rng.uniform(4, 14) / (p.tip_end - start) ** 2
+        curvature = rng.choice([-1, 1]) * rng.uniform(7, 20) / (p.tip_end - start) ** 2
         bent = replace(p, bend=(start, curvature))
         u, _ = self.axial(p)
         moved = np.abs(curvature * np.maximum(u - start, 0) ** 2) * p.k >= 0.75

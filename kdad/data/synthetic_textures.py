@@ -243,9 +243,9 @@ class Woodgrain(Texture):
 
     def _scratch(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         points = _stroke_between(rng, c, rng.uniform(0, np.pi), rng.uniform(30, 120) * p.k, 0.15)
-        alpha = polyline_alpha(img.shape[:2], points, max(1.0, rng.uniform(1.0, 2.6) * p.k))
-        colour = (0.90, 0.80, 0.64) if rng.random() < 0.7 else (0.33, 0.21, 0.12)
-        return blend(img, colour, alpha * rng.uniform(0.25, 0.75)), alpha
+        alpha = polyline_alpha(img.shape[:2], points, max(1.0, rng.uniform(1.2, 3.0) * p.k))
+        colour = (0.92, 0.82, 0.66) if rng.random() < 0.7 else (0.33, 0.21, 0.12)
+        return blend(img, colour, alpha * rng.uniform(0.35, 0.85)), alpha
 
     def _crack(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Cracks split along the grain: a jagged path whose heading stays close to the board axis.
@@ -256,10 +256,10 @@ class Woodgrain(Texture):
         return blend(img, (0.12, 0.07, 0.04), alpha * rng.uniform(0.55, 0.95)), alpha
 
     def _stain(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        radius = rng.uniform(10, 34) * p.k
+        radius = rng.uniform(12, 36) * p.k
         alpha = soften(blob_alpha(rng, img.shape[:2], c, radius, 0.35), 0.2 * radius)
-        tint = (0.50, 0.42, 0.36) if rng.random() < 0.6 else (0.75, 0.75, 0.78)
-        return _darken(img, np.asarray(tint), alpha, rng.uniform(0.2, 0.7)), alpha
+        tint = (0.45, 0.38, 0.34) if rng.random() < 0.6 else (0.72, 0.74, 0.80)
+        return _darken(img, np.asarray(tint), alpha, rng.uniform(0.3, 0.8)), alpha
 
     def _wormhole(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         alpha = np.zeros(img.shape[:2], np.float32)
@@ -339,7 +339,7 @@ class Leatherette(Texture):
         alpha = np.zeros(img.shape[:2], np.float32)
         for _ in range(rng.integers(1, 4)):
             spot = c + rng.normal(0, 8 * p.k, 2)
-            alpha = np.maximum(alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(1.5, 4.0) * p.k), 0.1))
+            alpha = np.maximum(alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.1))
         return blend(img, (0.06, 0.035, 0.025), alpha * rng.uniform(0.6, 0.95)), alpha
 
     def _fold(self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -349,13 +349,13 @@ class Leatherette(Texture):
         t = unit(rng.uniform(0, np.pi))
         nrm = np.array([-t[1], t[0]])
         along = (xx - c[0]) * t[0] + (yy - c[1]) * t[1]
-        half_len, width = rng.uniform(20, 60) * p.k, rng.uniform(2.5, 6.0) * p.k
+        half_len, width = rng.uniform(20, 60) * p.k, rng.uniform(3.0, 7.0) * p.k
         d = (xx - c[0]) * nrm[0] + (yy - c[1]) * nrm[1] + rng.uniform(-1, 1) * along**2 / (4 * half_len)
         taper = 1 - smoothstep(half_len - 2 * width, half_len, np.abs(along))
         ridge = (d / width) * np.exp(-((d / width) ** 2)) * 2.33 * taper
         flatten = np.exp(-((d / width) ** 2)) * taper * 0.6
         smooth = cv2.GaussianBlur(img, (0, 0), 1.5 * p.k + 0.5)
-        out = blend(img, smooth, flatten) * (1 + rng.uniform(0.08, 0.3) * ridge)[..., None]
+        out = blend(img, smooth, flatten) * (1 + rng.uniform(0.12, 0.35) * ridge)[..., None]
         alpha = ((np.abs(d) <= 1.2 * width) * taper).astype(np.float32)
         return out.astype(np.float32), alpha
 
