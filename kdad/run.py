@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ from kdad.methods.base import AnomalyModule
 from kdad.results import format_table, per_defect_scores, write_metrics, write_overlays, write_scores
 
 log = logging.getLogger("kdad")
+
+# Expected in kdad, not a problem: frozen teachers stay in eval mode while the student trains.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 CHECKPOINT_NOTES = {
     "last": "weights after the final epoch (RD4AD protocol; no selection)",
@@ -59,6 +64,7 @@ def _protocol(cfg: DictConfig, datamodule: Any, module: AnomalyModule, test_ckpt
     teacher = cfg.get("teacher") or {}
     return {
         "method": module.name,
+        "variant": cfg.get("variant") or module.name,
         "data": datamodule.describe(),
         "teacher": {"backbone": teacher.get("backbone"), "weights": teacher.get("weights")},
         "checkpoint_policy": cfg.checkpoint.policy,

@@ -105,14 +105,21 @@ def _stable_id(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
-def image_rng(seed: int, category: str, size: int, split: str, defect: str, index: int) -> np.random.Generator:
+def image_rng(
+    seed: int, category: str, size: int, split: str, defect: str, index: int
+) -> np.random.Generator:
     """The generator of one image, independent of every other image."""
     key = [seed, _stable_id(category), size, _stable_id(split), _stable_id(defect), index]
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
 def render_synthetic_image(
-    category: str, defect: str = NORMAL, index: int = 0, image_size: int = 256, seed: int = 0, split: str = "test"
+    category: str,
+    defect: str = NORMAL,
+    index: int = 0,
+    image_size: int = 256,
+    seed: int = 0,
+    split: str = "test",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image exactly as the benchmark writes it: (H x W x 3 RGB uint8, H x W bool mask).
 
@@ -128,7 +135,9 @@ def render_synthetic_image(
 
 def _category(name: str) -> Category:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown synthetic category {name!r}; valid categories: {', '.join(SYNTHETIC_CATEGORIES)}")
+        raise ValueError(
+            f"unknown synthetic category {name!r}; valid categories: {', '.join(SYNTHETIC_CATEGORIES)}"
+        )
     return _REGISTRY[name]
 
 
@@ -226,10 +235,10 @@ def _is_stale(temp: Path) -> bool:
         age = time.time() - temp.stat().st_mtime
     except OSError:
         return False
-    parts = temp.name[len(_TMP_PREFIX) :].rsplit("__", 3)
-    if len(parts) == 4 and parts[1] == _host() and parts[2].isdigit():
-        if not _pid_alive(int(parts[2])):
-            return True
+    parts = temp.name[len(_TMP_PREFIX) :].rsplit("__", 3)  # name, host, pid, token
+    same_host = len(parts) == 4 and parts[1] == _host() and parts[2].isdigit()
+    if same_host and not _pid_alive(int(parts[2])):
+        return True
     return age > _STALE_AFTER_S
 
 
@@ -276,7 +285,9 @@ def _ensure_category(base: Path, name: str, params: BenchmarkParams) -> bool:
             temp.mkdir()
             counts = generate_category(name, params, temp)
             # The manifest goes last: a folder with one is complete by construction.
-            (temp / MANIFEST).write_text(json.dumps(_manifest(name, params, counts), indent=2, sort_keys=True) + "\n")
+            (temp / MANIFEST).write_text(
+                json.dumps(_manifest(name, params, counts), indent=2, sort_keys=True) + "\n"
+            )
             os.rename(temp, final)
         except OSError:
             shutil.rmtree(temp, ignore_errors=True)
@@ -337,9 +348,13 @@ def ensure_synthetic_benchmark(
 
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdad.data.synthetic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kdad.data.synthetic", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="cache root (default: %(default)s)")
-    parser.add_argument("--categories", default=None, help=f"comma-separated subset of: {','.join(SYNTHETIC_CATEGORIES)}")
+    parser.add_argument(
+        "--categories", default=None, help=f"comma-separated subset of: {','.join(SYNTHETIC_CATEGORIES)}"
+    )
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--n-test-good", type=int, default=20)
@@ -350,7 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         base = ensure_synthetic_benchmark(
-            args.root, names, args.image_size, args.n_train, args.n_test_good, args.n_test_per_defect, args.seed
+            args.root,
+            names,
+            args.image_size,
+            args.n_train,
+            args.n_test_good,
+            args.n_test_per_defect,
+            args.seed,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -93,7 +93,9 @@ def _erase_or_shift_text(
         eraser = blob_alpha(rng, shape, spot, rng.uniform(0.4, 0.9) * height, 0.3)
         faulty = normal * (1 - eraser)
     else:
-        faulty = text_alpha(shape, text, centre + unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(2.5, 7) * k, height)
+        faulty = text_alpha(
+            shape, text, centre + unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(2.5, 7) * k, height
+        )
     return normal, faulty
 
 
@@ -135,7 +137,9 @@ class Part(Category):
         """A matte surface with faint, large-scale unevenness and fine grain."""
         k = size / 256
         base = jitter_color(rng, self.background_rgb, 0.04)
-        shade = 1 + 0.025 * smooth_noise(rng, (size, size), 80 * k, 2) + 0.02 * smooth_noise(rng, (size, size), k)
+        shade = (
+            1 + 0.025 * smooth_noise(rng, (size, size), 80 * k, 2) + 0.02 * smooth_noise(rng, (size, size), k)
+        )
         return (base * shade[..., None]).astype(np.float32)
 
     @staticmethod
@@ -146,7 +150,9 @@ class Part(Category):
         return (background * (1 - alpha)[..., None] + premultiplied).astype(np.float32)
 
 
-def _surface_defect(layer: Layer, colour: Any, alpha: np.ndarray, strength: float) -> tuple[Layer, np.ndarray]:
+def _surface_defect(
+    layer: Layer, colour: Any, alpha: np.ndarray, strength: float
+) -> tuple[Layer, np.ndarray]:
     """Paints ``colour`` on the part only; the mask is the painted shape clipped to the part."""
     clipped = alpha * (layer.alpha >= 0.5)
     return Layer(blend(layer.rgb, colour, clipped * strength), layer.alpha), clipped
@@ -248,7 +254,9 @@ class Hexnut(Part):
         centre = unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(32, 68) * p.k + (p.size - 1) / 2
         length = rng.uniform(12, 50) * p.k
         d = unit(rng.uniform(0, np.pi)) * length / 2
-        alpha = polyline_alpha((p.size, p.size), np.stack([centre - d, centre + d]), max(1.0, rng.uniform(0.9, 2.2) * p.k))
+        alpha = polyline_alpha(
+            (p.size, p.size), np.stack([centre - d, centre + d]), max(1.0, rng.uniform(0.9, 2.2) * p.k)
+        )
         colour = (0.95, 0.95, 0.97) if rng.random() < 0.6 else (0.2, 0.2, 0.22)
         return _surface_defect(layer, colour, alpha, rng.uniform(0.3, 0.8))
 
@@ -296,7 +304,13 @@ class Tablet(Part):
         n = rng.integers(15, 45)
         rho, theta = np.sqrt(rng.uniform(0, 0.85, n)), rng.uniform(0, 2 * np.pi, n)
         speckles = np.stack(
-            [a * rho * np.cos(theta), b * rho * np.sin(theta), rng.uniform(0.6, 1.5, n) * k, rng.uniform(0.35, 0.9, n)], 1
+            [
+                a * rho * np.cos(theta),
+                b * rho * np.sin(theta),
+                rng.uniform(0.6, 1.5, n) * k,
+                rng.uniform(0.35, 0.9, n),
+            ],
+            1,
         )
         return TabletParams(
             size=size,
@@ -365,12 +379,16 @@ class Tablet(Part):
 
     def _discolor(self, rng: Rng, p: TabletParams) -> tuple[Layer, np.ndarray]:
         radius = rng.uniform(12, 35) * p.k
-        alpha = soften(blob_alpha(rng, (p.size, p.size), self._inside_point(rng, p, 0.6), radius, 0.35), 0.2 * radius)
+        alpha = soften(
+            blob_alpha(rng, (p.size, p.size), self._inside_point(rng, p, 0.6), radius, 0.35), 0.2 * radius
+        )
         tint = (1.0, 0.76, 0.70) if rng.random() < 0.5 else (1.0, 0.92, 0.60)
         return _tint(self.draw(p), np.asarray(tint), alpha, rng.uniform(0.3, 0.9))
 
     def _faulty_imprint(self, rng: Rng, p: TabletParams) -> tuple[Layer, np.ndarray]:
-        normal, faulty = _erase_or_shift_text(rng, (p.size, p.size), self.text, self.imprint_centre(p), 18 * p.k, p.k)
+        normal, faulty = _erase_or_shift_text(
+            rng, (p.size, p.size), self.text, self.imprint_centre(p), 18 * p.k, p.k
+        )
         return self.draw(p, faulty), _xor_mask(normal, faulty)
 
 
@@ -441,11 +459,17 @@ class Gelcap(Part):
 
     def _point_on(self, rng: Rng, p: GelcapParams) -> np.ndarray:
         c = (p.size - 1) / 2
-        return np.array([c + rng.uniform(-1, 1) * (p.half_length + 0.5 * p.radius), c + rng.uniform(-0.6, 0.6) * p.radius])
+        return np.array(
+            [c + rng.uniform(-1, 1) * (p.half_length + 0.5 * p.radius), c + rng.uniform(-0.6, 0.6) * p.radius]
+        )
 
     def _squeeze(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
         # Pinched body: the radius shrinks locally; everything across the pinch changes (outline and shading).
-        dent = (rng.uniform(self.split(p) + 12 * p.k, p.half_length), rng.uniform(6, 16) * p.k, rng.uniform(0.06, 0.25))
+        dent = (
+            rng.uniform(self.split(p) + 12 * p.k, p.half_length),
+            rng.uniform(6, 16) * p.k,
+            rng.uniform(0.06, 0.25),
+        )
         squeezed = replace(p, dent=dent)
         x, _ = _local(p.size)
         pinch = (p.radius - self.body_radius(squeezed, x) >= 0.5) & (x >= self.split(p))
@@ -453,16 +477,22 @@ class Gelcap(Part):
         return self.draw(squeezed), (pinch & (normal.alpha >= 0.5)).astype(np.float32)
 
     def _crack(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
-        points = random_walk(rng, self._point_on(rng, p), rng.uniform(0, 2 * np.pi), rng.uniform(12, 45) * p.k, 0.25, 2 * p.k)
+        points = random_walk(
+            rng, self._point_on(rng, p), rng.uniform(0, 2 * np.pi), rng.uniform(12, 45) * p.k, 0.25, 2 * p.k
+        )
         alpha = polyline_alpha((p.size, p.size), points, max(1.0, rng.uniform(0.9, 2.0) * p.k))
         return _surface_defect(self.draw(p), (0.22, 0.2, 0.18), alpha, rng.uniform(0.4, 0.85))
 
     def _poke(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
-        alpha = blob_alpha(rng, (p.size, p.size), self._point_on(rng, p), max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.15)
+        alpha = blob_alpha(
+            rng, (p.size, p.size), self._point_on(rng, p), max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.15
+        )
         return _surface_defect(self.draw(p), (0.12, 0.11, 0.10), alpha, rng.uniform(0.6, 0.95))
 
     def _faulty_imprint(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
-        normal, faulty = _erase_or_shift_text(rng, (p.size, p.size), self.text, self.imprint_centre(p), 12 * p.k, p.k)
+        normal, faulty = _erase_or_shift_text(
+            rng, (p.size, p.size), self.text, self.imprint_centre(p), 12 * p.k, p.k
+        )
         return self.draw(p, faulty), _xor_mask(normal, faulty)
 
 
@@ -480,7 +510,7 @@ class BoltParams:
 
 
 class Bolt(Part):
-    """Machine screw seen from the side: head, plain shank, helical thread and pointed tip, any orientation."""
+    """Machine screw seen from the side: head, plain shank, helical thread, pointed tip; any orientation."""
 
     name = "bolt"
     defects = ("scratch_head", "thread_damage", "missing_tip", "bent")
