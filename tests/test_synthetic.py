@@ -127,8 +127,9 @@ def test_defects_not_separable_by_global_statistics(tmp_path: Path) -> None:
             )
 
 
-def test_generation_is_byte_identical(tmp_path: Path) -> None:
+def test_generation_is_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = ensure_synthetic_benchmark(tmp_path / "a", ["weave", "hexnut"], **SMALL)
+    monkeypatch.setattr(synthetic, "_THREADS", 1)  # nor does the number of rendering threads matter
     second = ensure_synthetic_benchmark(tmp_path / "b", ["weave", "hexnut"], **SMALL)
     assert _files(first) == _files(second)
 
@@ -189,7 +190,9 @@ def test_leftovers_of_a_crashed_run_are_cleaned_and_regenerated(tmp_path: Path) 
     assert not crashed.exists() and not abandoned.exists() and running.exists()
 
 
-def test_interrupted_generation_leaves_no_complete_looking_folder(tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_generation_leaves_no_complete_looking_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = {"n": 0}
     write_sample = synthetic._write_sample
 
@@ -211,7 +214,7 @@ def test_interrupted_generation_leaves_no_complete_looking_folder(tmp_path: Path
     assert synthetic.is_complete(base / "leatherette", BenchmarkParams(**SMALL))
 
 
-def test_concurrent_generations_agree_and_work_once(tmp_path: Path, monkeypatch) -> None:
+def test_concurrent_generations_agree_and_work_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     generated: list[str] = []
     generate = synthetic.generate_category
 

@@ -177,9 +177,13 @@ def generate_category(name: str, params: BenchmarkParams, dest: Path) -> dict[st
             (dest / "ground_truth" / defect).mkdir(parents=True)
         jobs += [(split, defect, f"{index:0{width}d}") for index in range(count)]
         counts[f"{split}/{defect}"] = count
-    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        # list(): re-raises the first exception of any job.
+    pool = ThreadPoolExecutor(max_workers=_THREADS)
+    try:
+        # list() re-raises the first exception of any job.
         list(pool.map(lambda job: _write_sample(name, params, dest, *job), jobs))
+    finally:
+        # On an error or Ctrl-C, drop the queued images instead of rendering the rest of the category.
+        pool.shutdown(wait=True, cancel_futures=True)
     return counts
 
 
