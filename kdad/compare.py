@@ -83,7 +83,7 @@ def run_comparison(
                         f"variant='{variant}'",
                     ]
                 )
-                run(cfg)
+                run(cfg, quiet=True)
                 results.append(load_run(Path(cfg.run_dir) / "metrics.json", column=variant))
                 print(f"[{done}/{total}] {variant} / {category} / seed {seed}: {time.perf_counter() - started:.0f}s")
     title = f"{spec.title} — {spec.get('budget', '')}".strip(" —")

@@ -82,8 +82,9 @@ def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and/or test one configuration; returns the metrics.json content."""
+def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
+    """Train and/or test one configuration; returns the metrics.json content (``quiet``: print nothing)."""
+    say = (lambda *_: None) if quiet else print
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite and cfg.train:
@@ -93,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finished = _finished_summary(run_dir)
     if finished is not None and cfg.train:
         log.info("Run already finished: %s (overwrite=true trains again)", run_dir / "metrics.json")
-        print(format_table(finished["metrics"], f"{finished['method']} (finished earlier, {run_dir})"))
+        say(format_table(finished["metrics"], f"{finished['method']} (finished earlier, {run_dir})"))
         return finished
     if not cfg.train and not cfg.ckpt_path:
         raise ValueError("train=false evaluates a checkpoint: pass ckpt_path=/path/to/checkpoint.ckpt")
@@ -132,9 +133,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         overlays = write_overlays(run_dir, module.overlay_samples, module.test_records)
         _log_results(logger, summary, overlays)
         write_metrics(run_dir, summary)
-        print(format_table(module.test_metrics, f"{module.name} on {datamodule.name}/{cfg.data.category}"))
-        print(f"checkpoint policy: {cfg.checkpoint.policy} ({CHECKPOINT_NOTES[cfg.checkpoint.policy]})")
-        print(f"run folder: {run_dir}")
+        say(format_table(module.test_metrics, f"{module.name} on {datamodule.name}/{cfg.data.category}"))
+        say(f"checkpoint policy: {cfg.checkpoint.policy} ({CHECKPOINT_NOTES[cfg.checkpoint.policy]})")
+        say(f"run folder: {run_dir}")
         return summary
     finally:
         finish_wandb()
