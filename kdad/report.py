@@ -102,10 +102,19 @@ def protocol_line(results: Sequence[RunResult]) -> str:
 def markdown(results: Sequence[RunResult], metrics: Sequence[str] = DEFAULT_METRICS, title: str = "") -> str:
     columns = list(dict.fromkeys(r.column for r in results))
     seeds = sorted({r.seed for r in results})
-    parts = [f"## {title}" if title else "", protocol_line(results), f"Seeds: {seeds}; cells are mean ± std over seeds, ×100.", ""]
+    parts = [
+        f"## {title}" if title else "",
+        protocol_line(results),
+        f"Seeds: {seeds}; cells are mean ± std over seeds, ×100.",
+        "",
+    ]
     for metric in metrics:
         table = metric_table(results, metric, columns)
-        parts += [f"### {METRIC_LABELS.get(metric, metric)}", "", "| category | " + " | ".join(columns) + " |"]
+        parts += [
+            f"### {METRIC_LABELS.get(metric, metric)}",
+            "",
+            "| category | " + " | ".join(columns) + " |",
+        ]
         parts.append("|---" * (len(columns) + 1) + "|")
         parts += ["| " + " | ".join(row) + " |" for row in table]
         parts.append("")

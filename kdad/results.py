@@ -91,5 +91,9 @@ def per_defect_scores(records: Sequence[TestRecord]) -> dict[str, dict[str, floa
     out: dict[str, dict[str, float]] = {}
     for defect in sorted({r.defect_type for r in records}):
         scores = np.array([r.score for r in records if r.defect_type == defect])
-        out[defect] = {"count": int(scores.size), "mean_score": float(scores.mean()), "max_score": float(scores.max())}
+        out[defect] = {
+            "count": int(scores.size),
+            "mean_score": float(scores.mean()),
+            "max_score": float(scores.max()),
+        }
     return out

@@ -24,7 +24,12 @@ def draw_mask_outline(image: np.ndarray, mask: np.ndarray, colour: tuple[int, in
 
 
 def overlay_panel(
-    image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None, vmin: float, vmax: float, caption: str
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    mask: np.ndarray | None,
+    vmin: float,
+    vmax: float,
+    caption: str,
 ) -> np.ndarray:
     """Three tiles side by side (input, heat map, heat map with GT outline) with a caption bar on top."""
     heat = heatmap_overlay(image, anomaly_map, vmin, vmax)

@@ -205,6 +205,4 @@ def test_samples_paired_by_stem_not_by_sorted_position(tmp_path: Path) -> None:
     by_stem = {stem: f"{stem}_mask" for stem in ("000", "0001", "002", "0003")}
     assert positional != by_stem  # the fixture's names defeat sorted-order pairing
     module = MVTecDataModule(str(tmp_path), "bottle", image_size=16)
-    assert {
-        s.image_path.stem: s.mask_path.stem for s in module.test_dataset.samples if s.label == 1
-    } == by_stem
+    assert {s.image_path.stem: s.mask_path.stem for s in module.test_dataset.samples if s.label == 1} == by_stem

@@ -76,9 +76,7 @@ def test_variants_do_not_collide(tmp_path: Path) -> None:
         (16, "bicubic", "bilinear_threshold"),
         (8, "bilinear", "nearest"),
     ]:
-        dataset = AnomalyDataset(
-            sample, image_size=size, interpolation=interpolation, mask_resize=mode, cache=cache
-        )
+        dataset = AnomalyDataset(sample, image_size=size, interpolation=interpolation, mask_resize=mode, cache=cache)
         shapes.add(dataset.load_image(0).shape)
         dataset.load_mask(0)
     assert cache.stats.decodes == 6 and shapes == {(16, 16, 3), (8, 8, 3)}

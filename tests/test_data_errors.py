@@ -88,10 +88,7 @@ def test_defect_image_without_mask(tmp_path: Path) -> None:
     (tmp_path / "bottle" / "ground_truth" / "contamination" / "0001_mask.png").unlink()
     message = _setup_error(MVTecDataModule(str(tmp_path), "bottle"))
     assert str(tmp_path / "bottle" / "test" / "contamination" / "0001.png") in message
-    assert (
-        "'0001_mask.<ext>'" in message
-        and str(tmp_path / "bottle" / "ground_truth" / "contamination") in message
-    )
+    assert "'0001_mask.<ext>'" in message and str(tmp_path / "bottle" / "ground_truth" / "contamination") in message
 
 
 def test_defect_folder_without_ground_truth_folder(tmp_path: Path) -> None:

@@ -37,9 +37,7 @@ def test_val_source_train_split_holds_out_seeded_normals(mvtec_root: str) -> Non
     assert all(s.label == 0 for s in module.val_dataset.samples)
     assert module.val_dataset.transform is None
     same = MVTecDataModule(mvtec_root, "bottle", image_size=16, val_source="train_split", val_split=0.3)
-    other = MVTecDataModule(
-        mvtec_root, "bottle", image_size=16, val_source="train_split", val_split=0.3, seed=1
-    )
+    other = MVTecDataModule(mvtec_root, "bottle", image_size=16, val_source="train_split", val_split=0.3, seed=1)
     assert {s.image_path for s in same.val_dataset.samples} == val
     assert {s.image_path for s in other.val_dataset.samples} != val
     assert module.describe()["counts"]["validation"] == {"total": 3, "good": 3}
@@ -54,9 +52,7 @@ def test_val_source_test(mvtec_root: str) -> None:
 
 def test_train_loader_shuffles_with_seed_eval_loaders_in_order(mvtec_root: str) -> None:
     def train_order(seed: int) -> list[str]:
-        return _paths(
-            MVTecDataModule(mvtec_root, "bottle", image_size=16, batch_size=3, seed=seed).train_dataloader()
-        )
+        return _paths(MVTecDataModule(mvtec_root, "bottle", image_size=16, batch_size=3, seed=seed).train_dataloader())
 
     assert train_order(0) == train_order(0)
     assert train_order(0) != train_order(1)
@@ -69,9 +65,7 @@ def test_train_loader_shuffles_with_seed_eval_loaders_in_order(mvtec_root: str) 
 
 
 def test_batches_collate(mvtec_root: str) -> None:
-    batch = next(
-        iter(MVTecDataModule(mvtec_root, "bottle", image_size=16, eval_batch_size=8).test_dataloader())
-    )
+    batch = next(iter(MVTecDataModule(mvtec_root, "bottle", image_size=16, eval_batch_size=8).test_dataloader()))
     assert batch["image"].shape == (8, 3, 16, 16) and batch["mask"].shape == (8, 1, 16, 16)
     assert batch["label"].dtype == torch.int64 and batch["has_mask"].dtype == torch.bool
     assert len(batch["image_path"]) == 8 and len(batch["defect_type"]) == 8

@@ -172,9 +172,7 @@ def small_tied_data(seed: int, n_images: int = 6, size: int = 12) -> tuple[np.nd
     return np.round(maps * 8) / 8, masks
 
 
-def accumulate(
-    maps: np.ndarray, masks: np.ndarray, splits: list[int] | None = None, **kw: float
-) -> dict[str, float]:
+def accumulate(maps: np.ndarray, masks: np.ndarray, splits: list[int] | None = None, **kw: float) -> dict[str, float]:
     acc = PixelMetricAccumulator(**kw)
     bounds = np.cumsum([0, *(splits or [maps.shape[0]])])
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -519,9 +517,7 @@ def test_per_image_accumulator_is_mean_over_images_with_both_classes() -> None:
     maps, masks, _ = blob_data(10, 32, seed=3)
     masks[0] = True  # fully anomalous image: skipped
     masks[1] = False  # anomalous label, empty mask: skipped
-    expected = [
-        rd4ad_reference(m, k.astype(int)) for m, k in zip(maps, masks, strict=True) if k.any() and not k.all()
-    ]
+    expected = [rd4ad_reference(m, k.astype(int)) for m, k in zip(maps, masks, strict=True) if k.any() and not k.all()]
     acc = PerImageAuproAccumulator()
     acc.update(torch.from_numpy(maps[:4]), torch.from_numpy(masks[:4]))
     acc.update(maps[4:], masks[4:].astype(np.uint8))

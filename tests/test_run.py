@@ -11,16 +11,22 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+from fixtures import write_folder, write_mvtec, write_mvtec3d, write_visa_raw
+from helpers import compose_config
 
 from kdad.data.errors import DatasetError
 from kdad.methods.base import AnomalyModule, NonFiniteLossError
 from kdad.run import run
-from fixtures import write_folder, write_mvtec, write_mvtec3d, write_visa_raw
-from helpers import compose_config
 
 METHODS = ["rd", "stfpm"]
 DATA = ["synthetic", "mvtec", "visa", "mvtec3d", "folder"]
-SMALL = ["data.image_size=64", "trainer.max_epochs=1", "logger=csv", "data.batch_size=4", "data.eval_batch_size=8"]
+SMALL = [
+    "data.image_size=64",
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +72,14 @@ def test_rd_run_writes_complete_run_folder(mvtec_root: Path, tmp_path: Path) -> 
     assert run_dir == tmp_path / "runs/default/mvtec/bottle/rd/seed0"
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["metrics"] == summary["metrics"]
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_aupro_per_image", "image_f1_max", "pixel_ap"):
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "pixel_aupro",
+        "pixel_aupro_per_image",
+        "image_f1_max",
+        "pixel_ap",
+    ):
         assert 0.0 <= saved["metrics"][key] <= 1.0
     assert saved["checkpoint_policy"] == "last" and saved["data"]["image_size"] == 64
     assert saved["teacher"]["weights"] == "package:efficientnet_lite0"
@@ -82,7 +95,13 @@ def test_rd_run_writes_complete_run_folder(mvtec_root: Path, tmp_path: Path) -> 
 
     # Evaluating the checkpoint alone reproduces the metrics.
     eval_cfg = compose_config(
-        [*_mvtec(mvtec_root), *SMALL, "train=false", f"ckpt_path={run_dir}/checkpoints/last.ckpt", "tag=eval"],
+        [
+            *_mvtec(mvtec_root),
+            *SMALL,
+            "train=false",
+            f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+            "tag=eval",
+        ],
         tmp_path,
     )
     evaluated = run(eval_cfg)
@@ -95,7 +114,9 @@ def test_rd_run_writes_complete_run_folder(mvtec_root: Path, tmp_path: Path) -> 
 
 
 def test_stfpm_val_loss_policy_tests_best_checkpoint(mvtec_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config([*_mvtec(mvtec_root), *SMALL, "method=stfpm", "checkpoint=val_loss", "trainer.max_epochs=2"], tmp_path)
+    cfg = compose_config(
+        [*_mvtec(mvtec_root), *SMALL, "method=stfpm", "checkpoint=val_loss", "trainer.max_epochs=2"], tmp_path
+    )
     summary = run(cfg)
     assert summary["checkpoint_policy"] == "val_loss"
     assert "best-epoch" in summary["checkpoint_used"]
@@ -125,13 +146,24 @@ def test_rerun_of_unfinished_run_resumes_from_last_checkpoint(mvtec_root: Path, 
 def test_interrupted_training_resumes(mvtec_root: Path, tmp_path: Path) -> None:
     """Ctrl-C in epoch 1 leaves last.ckpt and no metrics.json; the same command then finishes the run."""
     args = [
-        sys.executable, "-m", "kdad.run", *_mvtec(mvtec_root), *SMALL, "trainer.max_epochs=2",
-        f"paths.runs_dir={tmp_path}/runs", f"data.cache_dir={tmp_path}/resized", "trainer.enable_progress_bar=false",
+        sys.executable,
+        "-m",
+        "kdad.run",
+        *_mvtec(mvtec_root),
+        *SMALL,
+        "trainer.max_epochs=2",
+        f"paths.runs_dir={tmp_path}/runs",
+        f"data.cache_dir={tmp_path}/resized",
+        "trainer.enable_progress_bar=false",
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     interrupted = subprocess.run(
         [*args, "+callbacks.interrupt_at._target_=helpers.InterruptAt", "+callbacks.interrupt_at.epoch=1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     run_dir = tmp_path / "runs/default/mvtec/bottle/rd/seed0"
     assert interrupted.returncode != 0
@@ -200,3 +232,26 @@ def test_other_benchmarks_run_end_to_end(data: str, tmp_path: Path) -> None:
     has_pixels = data != "folder_no_masks"
     assert ("pixel_auroc" in summary["metrics"]) == has_pixels
     assert 0.0 <= summary["metrics"]["image_auroc"] <= 1.0
+
+
+def test_auxiliary_maps_are_evaluated_alongside_the_main_map(tmp_path: Path) -> None:
+    from kdad.methods.base import AnomalyOutput
+
+    class WithAuxiliary(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> AnomalyOutput:
+            maps = images.mean(1)
+            return AnomalyOutput(maps.amax((1, 2)), maps, auxiliary={"inverted": (-maps.amax((1, 2)), -maps)})
+
+    module = AnomalyModule(WithAuxiliary(), optimizer=torch.optim.Adam)
+    batch = {
+        "image": torch.randn(4, 3, 8, 8),
+        "label": torch.tensor([0, 0, 1, 1]),
+        "mask": torch.zeros(4, 1, 8, 8),
+        "has_mask": torch.ones(4, dtype=torch.bool),
+    }
+    batch["mask"][2:, :, 2:4, 2:4] = 1
+    batch["image"][2:, :, 2:4, 2:4] += 5
+    module._evaluate_batch(batch, keep_samples=False)
+    metrics = module._compute_all()
+    assert metrics["image_auroc"] == 1.0 and metrics["inverted/image_auroc"] == 0.0
+    assert "inverted/pixel_aupro" in metrics

@@ -78,9 +78,7 @@ def test_images_rgb_and_masks_binary_aligned_and_non_empty(small_benchmark: Path
             defect = image_path.parent.name
             if defect == "good":
                 continue
-            with Image.open(
-                small_benchmark / category / "ground_truth" / defect / f"{image_path.stem}_mask.png"
-            ) as m:
+            with Image.open(small_benchmark / category / "ground_truth" / defect / f"{image_path.stem}_mask.png") as m:
                 assert m.mode == "L" and m.size == (size, size)
                 mask = np.asarray(m)
             assert set(np.unique(mask)) <= {0, 255}
@@ -90,9 +88,7 @@ def test_images_rgb_and_masks_binary_aligned_and_non_empty(small_benchmark: Path
 def test_files_are_what_render_returns(small_benchmark: Path) -> None:
     category, defect = "bolt", SYNTHETIC_DEFECTS["bolt"][0]
     image, mask = render_synthetic_image(category, defect, 1, SMALL["image_size"], SMALL["seed"])
-    assert np.array_equal(
-        np.asarray(Image.open(small_benchmark / category / "test" / defect / "001.png")), image
-    )
+    assert np.array_equal(np.asarray(Image.open(small_benchmark / category / "test" / defect / "001.png")), image)
     written = np.asarray(Image.open(small_benchmark / category / "ground_truth" / defect / "001_mask.png"))
     assert np.array_equal(written > 0, mask)
 
@@ -100,14 +96,11 @@ def test_files_are_what_render_returns(small_benchmark: Path) -> None:
 def test_normal_images_vary(small_benchmark: Path) -> None:
     for category in SYNTHETIC_CATEGORIES:
         images = [
-            np.asarray(Image.open(p), np.float32)
-            for p in sorted((small_benchmark / category).rglob("good/*.png"))
+            np.asarray(Image.open(p), np.float32) for p in sorted((small_benchmark / category).rglob("good/*.png"))
         ]
         for i in range(len(images)):
             for j in range(i + 1, len(images)):
-                assert np.abs(images[i] - images[j]).mean() > 2.0, (
-                    f"{category}: normal images {i} and {j} nearly equal"
-                )
+                assert np.abs(images[i] - images[j]).mean() > 2.0, f"{category}: normal images {i} and {j} nearly equal"
 
 
 def test_defects_not_separable_by_global_statistics(tmp_path: Path) -> None:
@@ -122,9 +115,7 @@ def test_defects_not_separable_by_global_statistics(tmp_path: Path) -> None:
         good, bad = np.array(stats[False]), np.array(stats[True])
         for column, statistic in enumerate(("mean", "std")):
             auroc = _auroc(good[:, column], bad[:, column])
-            assert 0.1 < auroc < 0.9, (
-                f"{category}: {statistic} intensity separates defects (AUROC {auroc:.2f})"
-            )
+            assert 0.1 < auroc < 0.9, f"{category}: {statistic} intensity separates defects (AUROC {auroc:.2f})"
 
 
 def test_generation_is_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,9 +216,7 @@ def test_concurrent_generations_agree_and_work_once(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(synthetic, "generate_category", counting)
     results: list[Path] = []
     threads = [
-        threading.Thread(
-            target=lambda: results.append(ensure_synthetic_benchmark(tmp_path, ["mesh"], **SMALL))
-        )
+        threading.Thread(target=lambda: results.append(ensure_synthetic_benchmark(tmp_path, ["mesh"], **SMALL)))
         for _ in range(3)
     ]
     for thread in threads:

@@ -22,9 +22,7 @@ def cosine_distance(teacher: Tensor, student: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(teacher, student, dim=1).unsqueeze(1)
 
 
-def fuse_scales(
-    maps: Sequence[Tensor], size: tuple[int, int], mode: str = "sum", align_corners: bool = True
-) -> Tensor:
+def fuse_scales(maps: Sequence[Tensor], size: tuple[int, int], mode: str = "sum", align_corners: bool = True) -> Tensor:
     """Upsample each [B,1,h,w] map to ``size`` and combine them by ``mode`` ('sum' or 'product')."""
     upsampled = [F.interpolate(m, size=size, mode="bilinear", align_corners=align_corners) for m in maps]
     if mode == "sum":

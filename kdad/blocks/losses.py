@@ -22,9 +22,7 @@ def global_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor]) -> 
 
 def pixel_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor]) -> Tensor:
     """The RD paper's form: sum over levels of the mean per-pixel 1 - cos over channels."""
-    return sum(
-        (1.0 - F.cosine_similarity(t, s, dim=1)).mean() for t, s in zip(teacher, student, strict=True)
-    )
+    return sum((1.0 - F.cosine_similarity(t, s, dim=1)).mean() for t, s in zip(teacher, student, strict=True))
 
 
 def stfpm_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = "sum") -> Tensor:

@@ -30,7 +30,13 @@ class ResidualUnit(nn.Module):
     """Bottleneck (``kind='bottleneck'``) or basic (``kind='basic'``) residual block, down- or up-sampling."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, width: int, stride: int = 1, upsample: bool = False, kind: str = "bottleneck"
+        self,
+        in_ch: int,
+        out_ch: int,
+        width: int,
+        stride: int = 1,
+        upsample: bool = False,
+        kind: str = "bottleneck",
     ) -> None:
         super().__init__()
         if kind == "bottleneck":
@@ -65,7 +71,13 @@ class ResidualUnit(nn.Module):
 
 
 def residual_stage(
-    in_ch: int, out_ch: int, width: int, blocks: int, stride: int, upsample: bool = False, kind: str = "bottleneck"
+    in_ch: int,
+    out_ch: int,
+    width: int,
+    blocks: int,
+    stride: int,
+    upsample: bool = False,
+    kind: str = "bottleneck",
 ) -> nn.Sequential:
     """A stage: the first unit changes resolution/channels, the rest keep them."""
     units = [ResidualUnit(in_ch, out_ch, width, stride, upsample, kind)]

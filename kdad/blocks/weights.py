@@ -134,7 +134,9 @@ def _unwrap_checkpoint(path: Path, cache_dir: str | Path | None) -> Path:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsUnavailableError(f"teacher weights file '{path}' cannot be read as a torch state dict: {exc}") from exc
+        raise WeightsUnavailableError(
+            f"teacher weights file '{path}' cannot be read as a torch state dict: {exc}"
+        ) from exc
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"teacher weights file '{path}' does not hold a state dict")
     for key in ("state_dict", "model", "model_state_dict"):
@@ -175,7 +177,13 @@ def convert_efficientnet_lite0(source: dict[str, torch.Tensor]) -> dict[str, tor
     """
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     stage_of_block = [(s, i) for s, stage in enumerate(reference.blocks) for i in range(len(stage))]
-    top_level = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    top_level = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     # The first block has no expansion conv (depthwise-separable); the others are inverted residuals.
     separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     inverted = {
@@ -192,7 +200,11 @@ def convert_efficientnet_lite0(source: dict[str, torch.Tensor]) -> dict[str, tor
         if parts[0] == "_blocks":
             index = int(parts[1])
             stage, position = stage_of_block[index]
-            table = separable if "_expand_conv" not in {k.split(".")[2] for k in source if k.startswith(f"_blocks.{index}.")} else inverted
+            table = (
+                separable
+                if "_expand_conv" not in {k.split(".")[2] for k in source if k.startswith(f"_blocks.{index}.")}
+                else inverted
+            )
             new_key = ".".join(["blocks", str(stage), str(position), table[parts[2]], *parts[3:]])
         else:
             new_key = ".".join([top_level[parts[0]], *parts[1:]])

@@ -15,8 +15,7 @@ from kdad.data.synthetic_datamodule import SyntheticDataModule
 from kdad.data.visa import VISA_CATEGORIES, VisADataModule
 
 DATA_MODULES: dict[str, type[AnomalyDataModule]] = {
-    cls.name: cls
-    for cls in (MVTecDataModule, VisADataModule, MVTec3DDataModule, FolderDataModule, SyntheticDataModule)
+    cls.name: cls for cls in (MVTecDataModule, VisADataModule, MVTec3DDataModule, FolderDataModule, SyntheticDataModule)
 }
 
 __all__ = [

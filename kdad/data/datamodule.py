@@ -31,17 +31,13 @@ VAL_SOURCES = ("none", "train_split", "test")
 SPLITS = ("train", "validation", "test")
 
 
-def hold_out(
-    samples: Sequence[Sample], fraction: float, seed: int, what: str
-) -> tuple[list[Sample], list[Sample]]:
+def hold_out(samples: Sequence[Sample], fraction: float, seed: int, what: str) -> tuple[list[Sample], list[Sample]]:
     """Split ``samples`` into (kept, held_out) with ``round(fraction * n)`` (at least 1) held out, seeded.
 
     Both parts keep the input order, so the split only depends on the file list and the seed.
     """
     if not 0.0 < fraction < 1.0:
-        raise DatasetError(
-            f"{what}: the held-out fraction must be between 0 and 1 (exclusive), got {fraction}."
-        )
+        raise DatasetError(f"{what}: the held-out fraction must be between 0 and 1 (exclusive), got {fraction}.")
     n = len(samples)
     n_out = max(1, round(fraction * n))
     if n_out >= n:

@@ -222,9 +222,7 @@ class AnomalyDataset(Dataset):
             listed = "\n  ".join(str(exc) for exc in failures[:_MAX_LISTED_FAILURES])
             more = len(failures) - _MAX_LISTED_FAILURES
             tail = f"\n  ... and {more} more" if more > 0 else ""
-            raise DatasetError(
-                f"{len(failures)} file(s) could not be loaded:\n  {listed}{tail}"
-            ) from failures[0]
+            raise DatasetError(f"{len(failures)} file(s) could not be loaded:\n  {listed}{tail}") from failures[0]
         log.info(
             "preloaded %d samples in %.1fs (%d decoded, %d from disk cache)",
             len(self.samples),

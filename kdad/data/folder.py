@@ -47,9 +47,7 @@ def find_abnormal_samples(abnormal_dir: Path, mask_dir: Path | None) -> list[Sam
             samples += [Sample(p, None, 1, defect) for p in images]
             continue
         group_masks = mask_dir if folder == abnormal_dir else mask_dir / defect
-        require_dir(
-            group_masks, "mask folder", f"With data.mask_dir set, it must mirror {abnormal_dir}'s structure."
-        )
+        require_dir(group_masks, "mask folder", f"With data.mask_dir set, it must mirror {abnormal_dir}'s structure.")
         masks = index_by_stem(group_masks)
         samples += [Sample(p, find_mask(p, masks, group_masks, MASK_SUFFIXES), 1, defect) for p in images]
     return samples
@@ -142,9 +140,7 @@ class FolderDataModule(AnomalyDataModule):
         if split == "train":
             return self._normal_split()[0]
         if split != "test":
-            raise DatasetError(
-                f"folder data under {self.data_root} has no '{split}' split; splits are train and test."
-            )
+            raise DatasetError(f"folder data under {self.data_root} has no '{split}' split; splits are train and test.")
         abnormal_dir = require_dir(
             self._path(self.abnormal_dir),
             "defect image folder",

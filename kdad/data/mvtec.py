@@ -31,9 +31,7 @@ def mvtec_layout_categories(root: Path) -> list[str]:
     return [d.name for d in list_subdirs(root) if (d / "train" / NORMAL).is_dir()]
 
 
-def find_mvtec_samples(
-    category_dir: Path, split: str, mask_suffixes: Sequence[str] = ("_mask",)
-) -> list[Sample]:
+def find_mvtec_samples(category_dir: Path, split: str, mask_suffixes: Sequence[str] = ("_mask",)) -> list[Sample]:
     """Samples of ``split`` ("train" or "test") of one category in the MVTec layout.
 
     Masks are looked up by image stem + one of ``mask_suffixes`` in ground_truth/<defect>/.
@@ -46,9 +44,7 @@ def find_mvtec_samples(
         folder = require_dir(category_dir / "train" / NORMAL, "training folder", layout)
         return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
     if split != "test":
-        raise DatasetError(
-            f"the MVTec layout has no '{split}' split in {category_dir}; splits are train and test."
-        )
+        raise DatasetError(f"the MVTec layout has no '{split}' split in {category_dir}; splits are train and test.")
     test_dir = require_dir(category_dir / "test", "test folder", layout)
     samples: list[Sample] = []
     for defect_dir in list_subdirs(test_dir):
@@ -64,9 +60,7 @@ def find_mvtec_samples(
             f"The defect images in {defect_dir} need masks there. {layout}",
         )
         masks = index_by_stem(mask_dir)
-        samples += [
-            Sample(p, find_mask(p, masks, mask_dir, mask_suffixes), 1, defect_dir.name) for p in images
-        ]
+        samples += [Sample(p, find_mask(p, masks, mask_dir, mask_suffixes), 1, defect_dir.name) for p in images]
     return samples
 
 

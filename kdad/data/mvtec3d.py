@@ -27,9 +27,7 @@ def find_mvtec3d_samples(category_dir: Path, split: str) -> list[Sample]:
         f"masks in {category_dir}/test/<label>/gt/NNN.png."
     )
     if split not in ("train", "validation", "test"):
-        raise DatasetError(
-            f"MVTec 3D-AD has no '{split}' split in {category_dir}; splits are train, validation, test."
-        )
+        raise DatasetError(f"MVTec 3D-AD has no '{split}' split in {category_dir}; splits are train, validation, test.")
     if split in ("train", "validation"):
         folder = require_dir(category_dir / split / NORMAL / "rgb", f"{split} folder", layout)
         return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
@@ -44,9 +42,7 @@ def find_mvtec3d_samples(category_dir: Path, split: str) -> list[Sample]:
             continue
         if not images:
             continue
-        gt_dir = require_dir(
-            label_dir / "gt", "mask folder", f"The defect images in {rgb_dir} need masks. {layout}"
-        )
+        gt_dir = require_dir(label_dir / "gt", "mask folder", f"The defect images in {rgb_dir} need masks. {layout}")
         masks = index_by_stem(gt_dir)
         samples += [Sample(p, find_mask(p, masks, gt_dir, ("",)), 1, label_dir.name) for p in images]
     return samples

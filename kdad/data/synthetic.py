@@ -105,9 +105,7 @@ def _stable_id(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
-def image_rng(
-    seed: int, category: str, size: int, split: str, defect: str, index: int
-) -> np.random.Generator:
+def image_rng(seed: int, category: str, size: int, split: str, defect: str, index: int) -> np.random.Generator:
     """The generator of one image, independent of every other image."""
     key = [seed, _stable_id(category), size, _stable_id(split), _stable_id(defect), index]
     return np.random.default_rng(np.random.SeedSequence(key))
@@ -135,9 +133,7 @@ def render_synthetic_image(
 
 def _category(name: str) -> Category:
     if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown synthetic category {name!r}; valid categories: {', '.join(SYNTHETIC_CATEGORIES)}"
-        )
+        raise ValueError(f"unknown synthetic category {name!r}; valid categories: {', '.join(SYNTHETIC_CATEGORIES)}")
     return _REGISTRY[name]
 
 
@@ -289,9 +285,7 @@ def _ensure_category(base: Path, name: str, params: BenchmarkParams) -> bool:
             temp.mkdir()
             counts = generate_category(name, params, temp)
             # The manifest goes last: a folder with one is complete by construction.
-            (temp / MANIFEST).write_text(
-                json.dumps(_manifest(name, params, counts), indent=2, sort_keys=True) + "\n"
-            )
+            (temp / MANIFEST).write_text(json.dumps(_manifest(name, params, counts), indent=2, sort_keys=True) + "\n")
             os.rename(temp, final)
         except OSError:
             shutil.rmtree(temp, ignore_errors=True)
@@ -352,9 +346,7 @@ def ensure_synthetic_benchmark(
 
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kdad.data.synthetic", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m kdad.data.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="cache root (default: %(default)s)")
     parser.add_argument(
         "--categories", default=None, help=f"comma-separated subset of: {','.join(SYNTHETIC_CATEGORIES)}"

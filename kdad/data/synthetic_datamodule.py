@@ -71,9 +71,7 @@ class SyntheticDataModule(AnomalyDataModule):
                 f"{', '.join(self.official_categories)}."
             )
         if self.root.exists() and not self.root.is_dir():
-            raise DatasetError(
-                f"synthetic data root {self.root} is a file, not a folder: point data.root elsewhere."
-            )
+            raise DatasetError(f"synthetic data root {self.root} is a file, not a folder: point data.root elsewhere.")
         from kdad.data.synthetic import ensure_synthetic_benchmark
 
         try:
@@ -89,9 +87,7 @@ class SyntheticDataModule(AnomalyDataModule):
         except DatasetError:
             raise
         except ValueError as exc:  # the generator's own checks (sizes, counts)
-            raise DatasetError(
-                f"cannot generate synthetic '{self.category}' under {self.root}: {exc}"
-            ) from exc
+            raise DatasetError(f"cannot generate synthetic '{self.category}' under {self.root}: {exc}") from exc
         return Path(generated)
 
     def prepare_data(self) -> None:

@@ -93,9 +93,7 @@ def _erase_or_shift_text(
         eraser = blob_alpha(rng, shape, spot, rng.uniform(0.4, 0.9) * height, 0.3)
         faulty = normal * (1 - eraser)
     else:
-        faulty = text_alpha(
-            shape, text, centre + unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(2.5, 7) * k, height
-        )
+        faulty = text_alpha(shape, text, centre + unit(rng.uniform(0, 2 * np.pi)) * rng.uniform(2.5, 7) * k, height)
     return normal, faulty
 
 
@@ -137,9 +135,7 @@ class Part(Category):
         """A matte surface with faint, large-scale unevenness and fine grain."""
         k = size / 256
         base = jitter_color(rng, self.background_rgb, 0.04)
-        shade = (
-            1 + 0.025 * smooth_noise(rng, (size, size), 80 * k, 2) + 0.02 * smooth_noise(rng, (size, size), k)
-        )
+        shade = 1 + 0.025 * smooth_noise(rng, (size, size), 80 * k, 2) + 0.02 * smooth_noise(rng, (size, size), k)
         return (base * shade[..., None]).astype(np.float32)
 
     @staticmethod
@@ -150,9 +146,7 @@ class Part(Category):
         return (background * (1 - alpha)[..., None] + premultiplied).astype(np.float32)
 
 
-def _surface_defect(
-    layer: Layer, colour: Any, alpha: np.ndarray, strength: float
-) -> tuple[Layer, np.ndarray]:
+def _surface_defect(layer: Layer, colour: Any, alpha: np.ndarray, strength: float) -> tuple[Layer, np.ndarray]:
     """Paints ``colour`` on the part only; the mask is the painted shape clipped to the part."""
     clipped = alpha * (layer.alpha >= 0.5)
     return Layer(blend(layer.rgb, colour, clipped * strength), layer.alpha), clipped
@@ -379,16 +373,12 @@ class Tablet(Part):
 
     def _discolor(self, rng: Rng, p: TabletParams) -> tuple[Layer, np.ndarray]:
         radius = rng.uniform(12, 35) * p.k
-        alpha = soften(
-            blob_alpha(rng, (p.size, p.size), self._inside_point(rng, p, 0.6), radius, 0.35), 0.2 * radius
-        )
+        alpha = soften(blob_alpha(rng, (p.size, p.size), self._inside_point(rng, p, 0.6), radius, 0.35), 0.2 * radius)
         tint = (1.0, 0.76, 0.70) if rng.random() < 0.5 else (1.0, 0.92, 0.60)
         return _tint(self.draw(p), np.asarray(tint), alpha, rng.uniform(0.3, 0.9))
 
     def _faulty_imprint(self, rng: Rng, p: TabletParams) -> tuple[Layer, np.ndarray]:
-        normal, faulty = _erase_or_shift_text(
-            rng, (p.size, p.size), self.text, self.imprint_centre(p), 18 * p.k, p.k
-        )
+        normal, faulty = _erase_or_shift_text(rng, (p.size, p.size), self.text, self.imprint_centre(p), 18 * p.k, p.k)
         return self.draw(p, faulty), _xor_mask(normal, faulty)
 
 
@@ -484,15 +474,11 @@ class Gelcap(Part):
         return _surface_defect(self.draw(p), (0.22, 0.2, 0.18), alpha, rng.uniform(0.4, 0.85))
 
     def _poke(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
-        alpha = blob_alpha(
-            rng, (p.size, p.size), self._point_on(rng, p), max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.15
-        )
+        alpha = blob_alpha(rng, (p.size, p.size), self._point_on(rng, p), max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.15)
         return _surface_defect(self.draw(p), (0.12, 0.11, 0.10), alpha, rng.uniform(0.6, 0.95))
 
     def _faulty_imprint(self, rng: Rng, p: GelcapParams) -> tuple[Layer, np.ndarray]:
-        normal, faulty = _erase_or_shift_text(
-            rng, (p.size, p.size), self.text, self.imprint_centre(p), 12 * p.k, p.k
-        )
+        normal, faulty = _erase_or_shift_text(rng, (p.size, p.size), self.text, self.imprint_centre(p), 12 * p.k, p.k)
         return self.draw(p, faulty), _xor_mask(normal, faulty)
 
 

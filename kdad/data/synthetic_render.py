@@ -21,9 +21,7 @@ SUPERSAMPLE = 4
 
 
 # --------------------------------------------------------------------------------------------- noise
-def smooth_noise(
-    rng: Rng, shape: tuple[int, int], cell: float | tuple[float, float], octaves: int = 1
-) -> np.ndarray:
+def smooth_noise(rng: Rng, shape: tuple[int, int], cell: float | tuple[float, float], octaves: int = 1) -> np.ndarray:
     """Zero-mean, unit-std value noise whose features are about ``cell`` pixels (``(cell_y, cell_x)``).
 
     Each octave is a coarse Gaussian grid upsampled with bicubic interpolation (O(pixels), unlike a blur
@@ -100,9 +98,7 @@ def blob_alpha(
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx, dy = xx - center[0], yy - center[1]
     theta = np.arctan2(dy, dx)
-    r = radius * (
-        1 + np.sum(amps[:, None, None] * np.cos(harmonics[:, None, None] * theta + phases[:, None, None]), 0)
-    )
+    r = radius * (1 + np.sum(amps[:, None, None] * np.cos(harmonics[:, None, None] * theta + phases[:, None, None]), 0))
     alpha[y0:y1, x0:x1] = sdf_alpha(np.hypot(dx, dy) - np.maximum(r, 0.3 * radius))
     return alpha
 
@@ -157,9 +153,7 @@ def text_alpha(
     return alpha
 
 
-def random_walk(
-    rng: Rng, start: np.ndarray, angle: float, length: float, wiggle: float, step: float
-) -> np.ndarray:
+def random_walk(rng: Rng, start: np.ndarray, angle: float, length: float, wiggle: float, step: float) -> np.ndarray:
     """Points of a jagged path (cracks): a heading that drifts by ``wiggle`` radians per step."""
     n = max(int(length / step), 2)
     headings = angle + np.cumsum(rng.normal(0.0, wiggle, n))
@@ -190,9 +184,9 @@ def blend(img: np.ndarray, color: np.ndarray | float, alpha: np.ndarray) -> np.n
 def jitter_color(rng: Rng, rgb: tuple[float, float, float], spread: float) -> np.ndarray:
     """A colour with a common brightness change and a smaller per-channel hue change."""
     base = np.asarray(rgb, np.float32)
-    return (
-        base * rng.uniform(1 - spread, 1 + spread) * rng.uniform(1 - spread / 5, 1 + spread / 5, 3)
-    ).astype(np.float32)
+    return (base * rng.uniform(1 - spread, 1 + spread) * rng.uniform(1 - spread / 5, 1 + spread / 5, 3)).astype(
+        np.float32
+    )
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -212,9 +206,7 @@ class View:
 
     def warp(self, layer: np.ndarray) -> np.ndarray:
         border = cv2.BORDER_REFLECT_101 if self.mirror else cv2.BORDER_CONSTANT
-        return cv2.warpAffine(
-            layer, self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=border
-        )
+        return cv2.warpAffine(layer, self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=border)
 
     def to_canvas(self, point: np.ndarray) -> np.ndarray:
         inverse = cv2.invertAffineTransform(self.matrix)

@@ -149,25 +149,19 @@ class Weave(Texture):
         colour = np.where(warp_on_top[..., None], warp_col, weft_col)
         return (colour * (0.28 + 0.72 * shade)[..., None]).astype(np.float32)
 
-    def _hole(
-        self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _hole(self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         alpha = blob_alpha(rng, img.shape[:2], c, rng.uniform(3.5, 13) * p.k, 0.3)
         backing = np.float32(rng.uniform(0.07, 0.16)) * (1 + 0.15 * p.fiber_v)[..., None]
         return blend(img, backing * np.ones(3, np.float32), alpha), alpha
 
-    def _stain(
-        self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _stain(self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         radius = rng.uniform(7, 26) * p.k
         alpha = soften(blob_alpha(rng, img.shape[:2], c, radius, 0.35), 0.2 * radius)
         tints = [(0.55, 0.45, 0.33), (0.62, 0.62, 0.64), (1.0, 0.88, 0.55), (0.85, 0.55, 0.50)]
         tint = np.asarray(tints[rng.integers(len(tints))], np.float32)
         return _darken(img, tint, alpha, rng.uniform(0.25, 0.9)), alpha
 
-    def _pulled_thread(
-        self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _pulled_thread(self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # A thread pulled tight floats over the crossing threads: one straight, slightly brighter yarn where
         # the over/under pattern should be. Same colours and period, so only the interlacing is wrong.
         xx, yy = _grid(p.n)
@@ -186,9 +180,7 @@ class Weave(Texture):
         alpha = band.astype(np.float32)
         return blend(img, thread, alpha), alpha
 
-    def _misweave(
-        self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _misweave(self, rng: Rng, p: WeaveParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # A patch woven with the wrong density or out of phase: local colour statistics are unchanged.
         if rng.random() < 0.5:
             wrong = replace(p, period=p.period * rng.uniform(1.2, 1.45))
@@ -249,17 +241,13 @@ class Woodgrain(Texture):
         pores = np.clip((p.pores - 2.0) * 1.5, 0, 1)
         return (img * (1 - 0.35 * pores)[..., None]).astype(np.float32)
 
-    def _scratch(
-        self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _scratch(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         points = _stroke_between(rng, c, rng.uniform(0, np.pi), rng.uniform(30, 120) * p.k, 0.15)
         alpha = polyline_alpha(img.shape[:2], points, max(1.0, rng.uniform(1.2, 3.0) * p.k))
         colour = (0.92, 0.82, 0.66) if rng.random() < 0.7 else (0.33, 0.21, 0.12)
         return blend(img, colour, alpha * rng.uniform(0.35, 0.85)), alpha
 
-    def _crack(
-        self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _crack(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Cracks split along the grain: a jagged path whose heading stays close to the board axis.
         length = rng.uniform(25, 100) * p.k
         heading = rng.normal(0, 0.12) + np.pi * rng.integers(2)
@@ -267,23 +255,17 @@ class Woodgrain(Texture):
         alpha = polyline_alpha(img.shape[:2], points, max(1.0, rng.uniform(1.2, 3.5) * p.k))
         return blend(img, (0.12, 0.07, 0.04), alpha * rng.uniform(0.55, 0.95)), alpha
 
-    def _stain(
-        self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _stain(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         radius = rng.uniform(12, 36) * p.k
         alpha = soften(blob_alpha(rng, img.shape[:2], c, radius, 0.35), 0.2 * radius)
         tint = (0.45, 0.38, 0.34) if rng.random() < 0.6 else (0.72, 0.74, 0.80)
         return _darken(img, np.asarray(tint), alpha, rng.uniform(0.3, 0.8)), alpha
 
-    def _wormhole(
-        self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _wormhole(self, rng: Rng, p: WoodParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         alpha = np.zeros(img.shape[:2], np.float32)
         for _ in range(rng.integers(1, 5)):
             spot = c + rng.normal(0, 10 * p.k, 2)
-            alpha = np.maximum(
-                alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(1.8, 5.5) * p.k), 0.15)
-            )
+            alpha = np.maximum(alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(1.8, 5.5) * p.k), 0.15))
         return blend(img, (0.10, 0.06, 0.03), alpha * rng.uniform(0.7, 0.95)), alpha
 
 
@@ -348,27 +330,19 @@ class Leatherette(Texture):
         shade = 0.82 + height + relief + 0.05 * p.mottle + 0.025 * p.fine
         return (p.base_rgb * shade[..., None]).astype(np.float32)
 
-    def _cut(
-        self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _cut(self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         points = _stroke_between(rng, c, rng.uniform(0, np.pi), rng.uniform(18, 60) * p.k, 0.2)
         alpha = polyline_alpha(img.shape[:2], points, max(1.0, rng.uniform(1.0, 2.5) * p.k))
         return blend(img, (0.07, 0.04, 0.03), alpha * rng.uniform(0.55, 0.95)), alpha
 
-    def _poke(
-        self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _poke(self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         alpha = np.zeros(img.shape[:2], np.float32)
         for _ in range(rng.integers(1, 4)):
             spot = c + rng.normal(0, 8 * p.k, 2)
-            alpha = np.maximum(
-                alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.1)
-            )
+            alpha = np.maximum(alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(2.0, 5.0) * p.k), 0.1))
         return blend(img, (0.06, 0.035, 0.025), alpha * rng.uniform(0.6, 0.95)), alpha
 
-    def _fold(
-        self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _fold(self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # A crease: a slightly curved ridge, bright on one flank and dark on the other, that also flattens
         # the pebbles it crosses. The mask is the ridge band where the taper is at least half.
         xx, yy = _grid(p.n)
@@ -385,9 +359,7 @@ class Leatherette(Texture):
         alpha = ((np.abs(d) <= 1.2 * width) * taper).astype(np.float32)
         return out.astype(np.float32), alpha
 
-    def _glue(
-        self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _glue(self, rng: Rng, p: LeatherParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Dried glue fills the creases (texture smoothed) and is glossy: colour barely changes.
         alpha = soften(blob_alpha(rng, img.shape[:2], c, rng.uniform(7, 24) * p.k, 0.35), p.k)
         smooth = cv2.GaussianBlur(img, (0, 0), 2.5 * p.k + 0.5) + np.float32(rng.uniform(0.02, 0.12))
@@ -464,14 +436,10 @@ class Mesh(Texture):
         """Cylinder shading across the wire, darker where it dives under a crossing wire, plus a highlight."""
         across = np.clip(across, -1, 1)
         cyl = np.sqrt(1 - across**2)
-        shade = (0.35 + 0.65 * cyl) * (0.72 + 0.28 * z) * gain + 0.3 * np.exp(
-            -(((across + 0.35) / 0.25) ** 2)
-        )
+        shade = (0.35 + 0.65 * cyl) * (0.72 + 0.28 * z) * gain + 0.3 * np.exp(-(((across + 0.35) / 0.25) ** 2))
         return p.metal_rgb * shade[..., None]
 
-    def _broken(
-        self, rng: Rng, p: MeshParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _broken(self, rng: Rng, p: MeshParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # One or two segments of a vertical wire missing between crossings (the view rotation makes
         # vertical/horizontal equivalent). The mask is where that wire used to be.
         xx, yy = _grid(p.n)
@@ -495,9 +463,7 @@ class Mesh(Texture):
         alpha = (bump >= max(1.0, 0.3 * amplitude)).astype(np.float32)
         return out, alpha
 
-    def _fiber(
-        self, rng: Rng, p: MeshParams, img: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _fiber(self, rng: Rng, p: MeshParams, img: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         length = rng.uniform(30, 120) * p.k
         d = unit(rng.uniform(0, np.pi)) * length / 2
         wobble = rng.normal(0, length / 5, (2, 2))
@@ -510,9 +476,7 @@ class Mesh(Texture):
         alpha = np.zeros(img.shape[:2], np.float32)
         for _ in range(rng.integers(1, 4)):
             spot = c + rng.normal(0, 7 * p.k, 2)
-            alpha = np.maximum(
-                alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(2.5, 9) * p.k), 0.4)
-            )
+            alpha = np.maximum(alpha, blob_alpha(rng, img.shape[:2], spot, max(1.0, rng.uniform(2.5, 9) * p.k), 0.4))
         grain = (1 + 0.2 * p.back_noise)[..., None]
         rust = np.asarray(jitter_color(rng, (0.55, 0.29, 0.13), 0.15)) * grain
         return blend(img, rust, alpha * rng.uniform(0.45, 0.95)), alpha

@@ -51,9 +51,7 @@ def read_split_csv(csv_path: Path) -> list[dict[str, str]]:
                 )
             return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(
-            f"cannot read VisA split file {csv_path}: {exc}. Restore it from the archive."
-        ) from exc
+        raise DatasetError(f"cannot read VisA split file {csv_path}: {exc}. Restore it from the archive.") from exc
 
 
 def raw_categories(root: Path) -> list[str]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD
@@ -33,8 +33,12 @@ VALIDATION_MODES = ("none", "loss", "metrics")
 
 @dataclass
 class AnomalyOutput:
+    """Image scores [B] and anomaly maps [B,H,W]; ``auxiliary`` holds extra (score, map) pairs worth
+    evaluating on their own (e.g. AAND's stage-I map, DSKD's single students), reported as ``<name>/<metric>``."""
+
     score: Tensor
     anomaly_map: Tensor
+    auxiliary: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,7 +92,10 @@ class AnomalyModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.model.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
+        }
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         parts = self.model.loss(batch)
@@ -117,7 +124,7 @@ class AnomalyModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.validation == "metrics":
-            metrics = self._metrics.compute()
+            metrics = self._metrics.compute()  # selection uses the main map only
             self.log_dict({f"val/{k}": v for k, v in metrics.items()})
             selection = [metrics[k] for k in ("image_auroc", "pixel_auroc", "pixel_aupro") if k in metrics]
             self.log("val/selection_score", float(np.mean(selection)))
@@ -126,6 +133,7 @@ class AnomalyModule(L.LightningModule):
     # ---------------------------------------------------------------- test
     def _reset_eval_state(self) -> None:
         self._metrics = AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
+        self._auxiliary_metrics: dict[str, AnomalyMetrics] = {}
         self._all_anomalies_have_masks = True
         self._seen = 0
         self._overlay_indices: set[int] = set()
@@ -154,6 +162,10 @@ class AnomalyModule(L.LightningModule):
         if bool(((labels == 1) & ~has_mask).any()):
             self._all_anomalies_have_masks = False
         self._metrics.update(scores, labels, maps, masks)
+        for name, (aux_score, aux_map) in output.auxiliary.items():
+            if name not in self._auxiliary_metrics:
+                self._auxiliary_metrics[name] = AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
+            self._auxiliary_metrics[name].update(aux_score.float(), labels, aux_map.float(), masks)
         if keep_samples:
             self._keep_samples(batch, scores, maps, masks, has_mask)
         self._seen += labels.shape[0]
@@ -177,11 +189,17 @@ class AnomalyModule(L.LightningModule):
                     )
                 )
 
+    def _compute_all(self) -> dict[str, float]:
+        metrics = dict(self._metrics.compute())
+        for name, accumulator in self._auxiliary_metrics.items():
+            metrics.update({f"{name}/{k}": v for k, v in accumulator.compute().items()})
+        return metrics
+
     def on_test_epoch_end(self) -> None:
-        metrics = self._metrics.compute()
+        metrics = self._compute_all()
         if not self._all_anomalies_have_masks:
             # Pixel metrics over images without ground truth would count defects as normal pixels.
-            metrics = {k: v for k, v in metrics.items() if not k.startswith("pixel_")}
+            metrics = {k: v for k, v in metrics.items() if not k.split("/")[-1].startswith("pixel_")}
         self.test_metrics = {k: float(v) for k, v in metrics.items()}
         loggable = {f"test/{k}": v for k, v in self.test_metrics.items() if math.isfinite(v)}
         if loggable:
@@ -204,7 +222,10 @@ class AnomalyModule(L.LightningModule):
         checkpoint["kdad"] = {
             "method": self.name,
             "frozen": {
-                p: {"backbone": self.get_submodule(p[:-1]).backbone_name, "weights": self.get_submodule(p[:-1]).weights}
+                p: {
+                    "backbone": self.get_submodule(p[:-1]).backbone_name,
+                    "weights": self.get_submodule(p[:-1]).weights,
+                }
                 for p in prefixes
             },
         }

@@ -38,9 +38,7 @@ class AnomalyMetrics:
     ) -> None:
         self.pixel = pixel
         self._pixel = (
-            PixelMetricAccumulator(aupro_limit, n_bins, per_image_thresholds, per_image_fpr_limit)
-            if pixel
-            else None
+            PixelMetricAccumulator(aupro_limit, n_bins, per_image_thresholds, per_image_fpr_limit) if pixel else None
         )
         self.reset()
 

@@ -139,9 +139,7 @@ class GrowingHistogram:
             idx += channels.astype(np.int64) * self.n_bins
             self.counts += np.bincount(idx, minlength=self.counts.size).reshape(self.counts.shape)
         if weighted_scores is not None and weighted_scores.size:
-            self.weights += np.bincount(
-                self.local_index(weighted_scores), weights=weights, minlength=self.n_bins
-            )
+            self.weights += np.bincount(self.local_index(weighted_scores), weights=weights, minlength=self.n_bins)
 
     def occupied(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lower bin edges, counts ``[n_channels, k]``, weights ``[k]``) for the bins that can hold data,

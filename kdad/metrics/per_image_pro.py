@@ -118,9 +118,7 @@ class PerImageAuproAccumulator:
     """Streaming mean of :func:`per_image_aupro` over the images that have both anomalous and normal
     pixels (normal images and images with an empty mask are ignored). State: two scalars."""
 
-    def __init__(
-        self, num_thresholds: int = DEFAULT_NUM_THRESHOLDS, fpr_limit: float = DEFAULT_FPR_LIMIT
-    ) -> None:
+    def __init__(self, num_thresholds: int = DEFAULT_NUM_THRESHOLDS, fpr_limit: float = DEFAULT_FPR_LIMIT) -> None:
         _check_params(num_thresholds, fpr_limit)
         self.num_thresholds = num_thresholds
         self.fpr_limit = fpr_limit

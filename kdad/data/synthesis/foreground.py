@@ -33,9 +33,7 @@ def _none(image: np.ndarray) -> np.ndarray:
     return np.ones(image.shape[:2], dtype=bool)
 
 
-def _threshold(
-    image: np.ndarray, threshold: float = 127.0, sigma: float = 8.0, invert: bool = False
-) -> np.ndarray:
+def _threshold(image: np.ndarray, threshold: float = 127.0, sigma: float = 8.0, invert: bool = False) -> np.ndarray:
     """Blurred grayscale (0-255) > threshold; ``invert`` for dark objects on a bright background."""
     mask = _blurred_gray(image, sigma) > threshold
     return ~mask if invert else mask

@@ -80,9 +80,7 @@ class _Albumentations:
 def _build_augmenters() -> dict[str, _PerChannelGamma | _PilSharpness | _Albumentations]:
     return {
         "gamma": _PerChannelGamma(0.5, 2.0),
-        "brightness": _Albumentations(
-            A.RandomBrightnessContrast(brightness_limit=30 / 255, contrast_limit=0.2, p=1.0)
-        ),
+        "brightness": _Albumentations(A.RandomBrightnessContrast(brightness_limit=30 / 255, contrast_limit=0.2, p=1.0)),
         "sharpness": _PilSharpness(0.0, 2.0),
         "hue_saturation": _Albumentations(
             A.HueSaturationValue(hue_shift_limit=35, sat_shift_limit=50, val_shift_limit=0, p=1.0)

@@ -61,9 +61,7 @@ class FolderTextureSource:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"texture folder {str(self.root)!r} does not exist or is not a folder")
-        self.files = sorted(
-            p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
             raise FileNotFoundError(
                 f"texture folder {str(self.root)!r} contains no images "
@@ -184,8 +182,7 @@ def _marble(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Marble veins: a sine of a coordinate perturbed by fractal Perlin turbulence."""
     u, _ = _rotated_coords(rng, height, width)
     turbulence = sum(
-        (0.5**octave) * np.abs(perlin_noise_2d((height, width), (2 ** (octave + 1),) * 2, rng))
-        for octave in range(4)
+        (0.5**octave) * np.abs(perlin_noise_2d((height, width), (2 ** (octave + 1),) * 2, rng)) for octave in range(4)
     )
     period = rng.uniform(16.0, 96.0)
     veins = np.sin(2.0 * math.pi * u / period + rng.uniform(2.0, 8.0) * turbulence)
