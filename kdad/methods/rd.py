@@ -16,12 +16,11 @@ from torch import Tensor, nn
 from kdad.blocks.anomaly_map import AnomalyMapHead
 from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.fusion import OneClassBottleneck
-from kdad.blocks.losses import distillation_loss
 from kdad.blocks.teacher import Teacher
-from kdad.methods.base import AnomalyOutput
+from kdad.methods.distillation import FeatureDistillation
 
 
-class ReverseDistillation(nn.Module):
+class ReverseDistillation(FeatureDistillation):
     def __init__(
         self,
         teacher: Teacher,
@@ -46,12 +45,3 @@ class ReverseDistillation(nn.Module):
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         teacher = self.teacher(images)
         return teacher, self.decoder(self.bottleneck(teacher))
-
-    def loss(self, batch: dict) -> dict[str, Tensor]:
-        teacher, student = self.features(batch["image"])
-        return {"loss": distillation_loss(self.loss_name, teacher, student)}
-
-    def forward(self, images: Tensor) -> AnomalyOutput:
-        teacher, student = self.features(images)
-        score, anomaly_map = self.anomaly_map(teacher, student, tuple(images.shape[-2:]))
-        return AnomalyOutput(score=score, anomaly_map=anomaly_map)

@@ -14,12 +14,11 @@ import timm
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import AnomalyMapHead
-from kdad.blocks.losses import distillation_loss
 from kdad.blocks.teacher import Teacher
-from kdad.methods.base import AnomalyOutput
+from kdad.methods.distillation import FeatureDistillation
 
 
-class StudentTeacherPyramid(nn.Module):
+class StudentTeacherPyramid(FeatureDistillation):
     def __init__(
         self,
         teacher: Teacher,
@@ -42,12 +41,3 @@ class StudentTeacherPyramid(nn.Module):
 
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         return self.teacher(images), list(self.student(images))
-
-    def loss(self, batch: dict) -> dict[str, Tensor]:
-        teacher, student = self.features(batch["image"])
-        return {"loss": distillation_loss(self.loss_name, teacher, student)}
-
-    def forward(self, images: Tensor) -> AnomalyOutput:
-        teacher, student = self.features(images)
-        score, anomaly_map = self.anomaly_map(teacher, student, tuple(images.shape[-2:]))
-        return AnomalyOutput(score=score, anomaly_map=anomaly_map)
