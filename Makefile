@@ -28,12 +28,12 @@ test-slow: install
 	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check kdad tests bench
-	$(PY) -m ruff format --check kdad tests bench
+	$(PY) -m ruff check kdad tests $(wildcard bench)
+	$(PY) -m ruff format --check kdad tests $(wildcard bench)
 
 format: install
-	$(PY) -m ruff format kdad tests bench
-	$(PY) -m ruff check --fix kdad tests bench
+	$(PY) -m ruff format kdad tests $(wildcard bench)
+	$(PY) -m ruff check --fix kdad tests $(wildcard bench)
 
 clean:
 	rm -rf runs multirun .pytest_cache
