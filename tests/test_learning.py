@@ -1,6 +1,6 @@
 """Real (short) trainings with the offline pretrained teacher on the embedded benchmark: the methods learn.
 
-Budgets were chosen from measured runs (docs/results/baselines.md has the 3-seed spread): RD on leatherette
+Budgets were chosen from measured runs (docs/results/baselines.md has the measured 3-seed spread): RD on leatherette
 at 128 px reaches 0.91-0.92 image AUROC after 15 epochs for seeds 0-2; STFPM reaches ~0.96 after 5.
 """
 
