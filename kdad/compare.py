@@ -12,6 +12,9 @@
       DSKD: [method=dskd]
       Se only: [method=dskd, method.model.students=encoder]
 
+A variant may instead be a view on another variant's runs, e.g. the auxiliary map a method reports as
+``stage1/<metric>``: ``AAND stage I: {of: AAND, prefix: stage1}`` (no extra training).
+
 Every run lands in ``runs/compare/<spec>/<variant>/...`` (the usual run folder, so finished runs are reused
 and interrupted ones resume), and the table goes to ``docs/results/<spec>.md`` (+ .csv, .json).
 ``--seeds``, ``--categories`` and ``--set key=value`` (extra overrides) make quick local checks easy.
@@ -20,6 +23,7 @@ and interrupted ones resume), and the table goes to ``docs/results/<spec>.md`` (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -37,7 +41,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_").lower()
+    """Folder name of a variant; '+' is spelled 'p' so that 'RD' and 'RD++' stay apart (rd, rdpp)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("+", "p")).strip("_").lower()
 
 
 def compose_run_config(overrides: Sequence[str]):
@@ -68,6 +73,10 @@ def run_comparison(
     total = len(spec.variants) * len(categories) * len(seeds)
     done = 0
     for variant, overrides in spec.variants.items():
+        source, prefix = variant, None
+        if OmegaConf.is_dict(overrides):  # a view on another variant's runs: {of: <variant>, prefix: <name>}
+            source, prefix = overrides.of, overrides.prefix
+            overrides = spec.variants[source]
         for category in categories:
             for seed in seeds:
                 done += 1
@@ -79,12 +88,16 @@ def run_comparison(
                         *extra,
                         f"data.category={category}",
                         f"seed={seed}",
-                        f"tag=compare/{spec_name}/{slug(variant)}",
-                        f"variant='{variant}'",
+                        f"tag=compare/{spec_name}/{slug(source)}",
+                        f"variant='{source}'",
                     ]
                 )
                 run(cfg, quiet=True)
-                results.append(load_run(Path(cfg.run_dir) / "metrics.json", column=variant))
+                result = load_run(Path(cfg.run_dir) / "metrics.json", column=variant)
+                if prefix is not None:
+                    metrics = {k[len(prefix) + 1 :]: v for k, v in result.metrics.items() if k.startswith(f"{prefix}/")}
+                    result = dataclasses.replace(result, metrics=metrics)
+                results.append(result)
                 print(f"[{done}/{total}] {variant} / {category} / seed {seed}: {time.perf_counter() - started:.0f}s")
     title = f"{spec.title} — {spec.get('budget', '')}".strip(" —")
     out = out or Path("docs/results") / spec_name

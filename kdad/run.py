@@ -27,6 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from kdad.loggers import finish_wandb
 from kdad.methods.base import AnomalyModule
 from kdad.results import format_table, per_defect_scores, write_metrics, write_overlays, write_scores
+from kdad.review import save_review_cases
+from kdad.speed import apply_speed
+from kdad.sweep import ALL_CATEGORIES, job_gpu
 
 log = logging.getLogger("kdad")
 
@@ -91,6 +94,8 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
         for stale in ("metrics.json", "scores.csv", "checkpoints", "overlays"):
             target = run_dir / stale
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    if str(cfg.data.category) == ALL_CATEGORIES:
+        raise ValueError("data.category=all runs one job per category: add -m (python -m kdad.run -m ...)")
     finished = _finished_summary(run_dir)
     if finished is not None and cfg.train:
         log.info("Run already finished: %s (overwrite=true trains again)", run_dir / "metrics.json")
@@ -104,8 +109,11 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     datamodule = hydra.utils.instantiate(cfg.data)
     module: AnomalyModule = hydra.utils.instantiate(cfg.method)
+    apply_speed(module, **(cfg.get("speed") or {}))
     logger = build_logger(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=logger)
+    _check_strategy(trainer)
+    _check_distributed_validation(cfg, trainer)
     if isinstance(logger, WandbLogger):
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
 
@@ -117,20 +125,25 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
                 log.info("Resuming training from %s", resume)
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         train_seconds = time.perf_counter() - started
-        if not cfg.test:
-            return {}
+        if trainer.global_rank != 0 or not cfg.test:
+            return {}  # ranks > 0 of a script-launched DDP run: rank 0 tests and writes the run folder
         test_ckpt = _test_checkpoint(cfg, trainer)
-        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+        tester = _test_trainer(cfg, trainer, logger)
+        tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
         summary = _protocol(cfg, datamodule, module, test_ckpt or "weights in memory after training")
         summary.update(
             metrics=module.test_metrics,
             per_defect=per_defect_scores(module.test_records),
-            epochs_trained=trainer.current_epoch,
+            epochs_trained=_epochs_trained(trainer, run_dir),
             train_seconds=round(train_seconds, 1),
             total_seconds=round(time.perf_counter() - started, 1),
         )
+        summary["test_images"] = _test_images_seen(module, datamodule)
+        if tester is not trainer:
+            summary["test_devices"] = "one device, full test set (after multi-process training)"
         write_scores(run_dir, module.test_records)
         overlays = write_overlays(run_dir, module.overlay_samples, module.test_records)
+        _save_review_cases(cfg, run_dir, module, datamodule, tester)
         _log_results(logger, summary, overlays)
         write_metrics(run_dir, summary)
         say(format_table(module.test_metrics, f"{module.name} on {datamodule.name}/{cfg.data.category}"))
@@ -139,6 +152,86 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
         return summary
     finally:
         finish_wandb()
+
+
+def _check_strategy(trainer: L.Trainer) -> None:
+    """Refuse Lightning's script-relaunching DDP inside a Hydra multirun: every rank would re-run the whole sweep
+    with the original command line (Lightning issue 11300). ``trainer=ddp`` spawns its workers instead."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    if not isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher) or not HydraConfig.initialized():
+        return
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError(
+            "trainer.strategy=ddp re-executes the command per process, which restarts the whole sweep under -m: "
+            "use trainer=ddp (spawned workers) instead"
+        )
+
+
+def _check_distributed_validation(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Validation metrics would be computed per process on a shard of the test set: refuse best_on_test."""
+    if trainer.world_size > 1 and cfg.checkpoint.validation == "metrics":
+        raise ValueError(
+            f"checkpoint={cfg.checkpoint.policy} selects epochs on test metrics, which multi-process training would "
+            "compute per process on a shard: train it on one device, or use checkpoint=last / val_loss"
+        )
+
+
+def _test_trainer(cfg: DictConfig, trainer: L.Trainer, logger: Logger | bool) -> L.Trainer:
+    """The fit trainer, or after multi-process training a single-device trainer with the same settings, so the
+    metrics see every test image exactly once (a DistributedSampler pads the last batch with repeated images)."""
+    if trainer.world_size == 1:
+        return trainer
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    devices = 1 if isinstance(trainer.accelerator, CPUAccelerator) else trainer.device_ids[:1]
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        strategy="auto",
+        devices=devices,
+        num_nodes=1,
+        sync_batchnorm=False,
+        callbacks=[],
+        logger=logger,
+    )
+
+
+def _test_images_seen(module: AnomalyModule, datamodule: Any) -> int:
+    """The number of images the metrics saw, which must be the test set's size: no image twice, none left out."""
+    seen, expected = int(module.test_images_seen), len(datamodule.test_dataset)
+    if seen != expected:
+        raise RuntimeError(f"the test metrics saw {seen} images but the test set has {expected}")
+    return seen
+
+
+def _save_review_cases(
+    cfg: DictConfig, run_dir: Path, module: AnomalyModule, datamodule: Any, tester: L.Trainer
+) -> None:
+    """The worst cases with their maps for notebooks/review.ipynb (kdad.review). Optional material: a failure
+    here must not cost a finished training, so it is reported and the run folder is completed."""
+    try:
+        save_review_cases(
+            run_dir,
+            module.model,
+            datamodule.test_dataset,
+            module.test_records,
+            int(cfg.get("review_cases", 0)),
+            device=tester.strategy.root_device,
+            forward_context=tester.strategy.precision_plugin.forward_context,
+        )
+    except Exception as exc:
+        log.warning("Review cases not saved (%s: %s); the run's results are unaffected", type(exc).__name__, exc)
+
+
+def _epochs_trained(trainer: L.Trainer, run_dir: Path) -> int:
+    """Epochs completed; spawned DDP workers do not send their loop state back, but their last.ckpt tells."""
+    last = resume_checkpoint(run_dir)
+    if trainer.world_size == 1 or last is None:
+        return trainer.current_epoch
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    return int(state["epoch"])  # the trainer's current_epoch when saved: epochs completed, at the end of fit
 
 
 def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
@@ -171,7 +264,8 @@ def _log_results(logger: Logger | bool, summary: dict[str, Any], overlays: list[
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    summary = run(cfg)
+    with job_gpu(cfg):  # hydra/launcher=gpus: this job trains on a GPU of its own
+        summary = run(cfg)
     metrics = summary.get("metrics", {})
     return metrics.get("image_auroc")
 

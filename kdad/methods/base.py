@@ -83,6 +83,7 @@ class AnomalyModule(L.LightningModule):
         self.aupro_limit = aupro_limit
         self.overlay_count = overlay_count
         self.test_metrics: dict[str, float] = {}
+        self.test_images_seen = 0
         self.test_records: list[TestRecord] = []
         self.overlay_samples: list[OverlaySample] = []
         self._reset_eval_state()
@@ -118,7 +119,8 @@ class AnomalyModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if self.validation == "loss":
             parts = self.model.loss(batch)
-            self.log("val/loss", parts["loss"], batch_size=batch["image"].shape[0], prog_bar=True)
+            # sync_dist: under DDP every process must select the same epoch (a no-op on one device).
+            self.log("val/loss", parts["loss"], batch_size=batch["image"].shape[0], prog_bar=True, sync_dist=True)
         elif self.validation == "metrics":
             self._evaluate_batch(batch, keep_samples=False)
 
@@ -201,6 +203,8 @@ class AnomalyModule(L.LightningModule):
             # Pixel metrics over images without ground truth would count defects as normal pixels.
             metrics = {k: v for k, v in metrics.items() if not k.split("/")[-1].startswith("pixel_")}
         self.test_metrics = {k: float(v) for k, v in metrics.items()}
+        # Images the metrics saw: the test set's size when evaluation ran in one process (kdad.run checks it).
+        self.test_images_seen = self._metrics.n_images
         loggable = {f"test/{k}": v for k, v in self.test_metrics.items() if math.isfinite(v)}
         if loggable:
             self.log_dict(loggable)
