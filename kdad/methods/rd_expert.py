@@ -1,0 +1,251 @@
+"""RD with Expert ("URD"; Liu, Wang, Leng, Zhang, AAAI 2025, arXiv 2412.07579; code ``hito2448/URD``) and the
+RD++-flavoured variant kdad calls ``rdpp_expert``.
+
+Three networks (faithful to the released code):
+
+* expert E: the pretrained backbone, frozen (a :class:`~kdad.blocks.teacher.Teacher` with ``frozen=True``);
+* teacher T: a second copy of the same pretrained backbone, **fully trainable** (Adam 1e-4, betas (0.5, 0.999)),
+  BatchNorm in train mode while it is updated, so its running statistics drift on normal + synthetic images;
+* student S: RD's OCBE + mirrored decoder with Guided Information Injection from T's features
+  (:class:`~kdad.blocks.injection.InjectedDecoder`), Adam 0.005, betas (0.5, 0.999); every ``nn.Conv2d`` /
+  ``nn.Linear`` of the student re-initialised Xavier-normal as in the code (the decoder's transposed convolutions
+  keep kdad's shared decoder init, Kaiming; URD's keep PyTorch's default: a kdad simplification).
+
+Losses (released version, after the 2025-01-21 commits; M = synthetic mask, bilinearly resized per level with
+``align_corners=True`` and thresholded at 0.5; cos_p per pixel over channels, cos_g over whole flattened maps):
+
+* ``L_T = sum_k [ mean(1 - cos_p(T_k(x), E_k(x))) + L1(1 - cos_p(T_k(x~), E_k(x)), M_k)
+  + (1 - cos_g(T_k(x~), E_k(x~))) ]``
+* ``L_S = sum_k [ 1 - cos_g(S_k(T(x)), T_k(x)) + 1 - cos_g(S_k(T(x~)), T_k(x)) + 1 - cos_g(S_k(T(x)), E_k(x))
+  + 1 - cos_g(S_k(T(x~)), E_k(x)) ]``
+
+Per iteration (``training_stages``): E(x), E(x~) without gradient; T in train mode -> L_T -> step T; T in eval mode,
+T(x), T(x~) recomputed without gradient; S on both -> L_S -> step S. Each of T(x), T(x~), S(.) is its own forward
+pass (its own BatchNorm batch statistics), as in the code. Inference uses T and S only: map = sum over levels of
+upsampled 1 - cos_p(S_k, T_k), Gaussian sigma 4, image score = max (RD's head).
+
+GII (``gii``): ``gated`` (default) is the similarity-gated injection the paper describes; ``released`` is the
+ungated path the released train/test scripts actually run (their ``attn=True`` flag selects it). kdad defaults to
+the paper because the method is defined by it; ``gii: released`` reproduces the code path.
+
+``rdpp_expert`` (kdad's, for users who call the method "RD++Expert"; the released code has no RD++ parts): the same
+recipe with RD++'s projection layers P on the teacher side: the student consumes P(T(x)) while GII and every loss
+target stay the raw T(x) (as RD++ keeps the raw encoder as target), and RD++'s projection loss on (T(x), T(x~)) is
+added to the student stage with weight 0.2, P having its own Adam (0.001). The DRAEM pseudo-anomaly x~ plays the
+role of RD++'s noisy image; there is no gradient accumulation (URD's iteration schedule).
+
+The expert is a frozen pretrained Teacher, so checkpoints leave it out (``AnomalyModule.on_save_checkpoint``); the
+trained teacher, projection and student are saved. ``expert=None`` builds an inference-only model (no expert in
+memory) that loads those checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdad.blocks.anomaly_map import AnomalyMapHead
+from kdad.blocks.fusion import OneClassBottleneck
+from kdad.blocks.injection import InjectedDecoder
+from kdad.blocks.losses import global_cosine_loss, pixel_cosine_loss
+from kdad.blocks.projection import MultiProjection, ProjectionLoss
+from kdad.blocks.teacher import Teacher
+from kdad.methods.base import AnomalyOutput
+from kdad.methods.rdpp import pseudo_anomalies
+from kdad.methods.staged import Stage, StagedModule
+
+
+def xavier_init(module: nn.Module) -> None:
+    """URD's student init: Xavier-normal weights for every ``nn.Conv2d`` and ``nn.Linear`` (biases untouched)."""
+    for m in module.modules():
+        if type(m) in (nn.Conv2d, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+
+
+def level_masks(mask: Tensor, features: Sequence[Tensor]) -> list[Tensor]:
+    """The synthetic mask per level: bilinear resize (align_corners=True), then 1 where >= 0.5 (URD's rule)."""
+    out = []
+    for f in features:
+        resized = F.interpolate(mask.float(), size=f.shape[-2:], mode="bilinear", align_corners=True)
+        out.append((resized >= 0.5).to(f.dtype))
+    return out
+
+
+def teacher_loss(
+    teacher: Sequence[Tensor],
+    teacher_aug: Sequence[Tensor],
+    expert: Sequence[Tensor],
+    expert_aug: Sequence[Tensor],
+    mask: Tensor,
+) -> dict[str, Tensor]:
+    """URD's teacher loss L_T and its three parts (normal closeness, mask target, global closeness on x~)."""
+    normal = pixel_cosine_loss(teacher, expert)
+    target = sum(
+        F.l1_loss(1.0 - F.cosine_similarity(t, e, dim=1).unsqueeze(1), m)
+        for t, e, m in zip(teacher_aug, expert, level_masks(mask, expert), strict=True)
+    )
+    global_aug = global_cosine_loss(teacher_aug, expert_aug)
+    return {"teacher": normal + target + global_aug, "t_normal": normal, "t_mask": target, "t_global": global_aug}
+
+
+def student_loss(
+    student: Sequence[Tensor], student_aug: Sequence[Tensor], teacher: Sequence[Tensor], expert: Sequence[Tensor]
+) -> dict[str, Tensor]:
+    """URD's student loss L_S: both student outputs must match the *clean* teacher and expert features."""
+    to_teacher = global_cosine_loss(teacher, student) + global_cosine_loss(teacher, student_aug)
+    to_expert = global_cosine_loss(expert, student) + global_cosine_loss(expert, student_aug)
+    return {"student": to_teacher + to_expert, "s_teacher": to_teacher, "s_expert": to_expert}
+
+
+class ExpertTeacherStudent(nn.Module):
+    """Expert-teacher-student reverse distillation (``method=rd_expert``; with projection: ``rdpp_expert``).
+
+    Args:
+        teacher: the trainable teacher T (``frozen=False``), initialised from the pretrained weights.
+        expert: the frozen expert E (same backbone); None for an inference-only model.
+        gii: ``gated`` (the paper) or ``released`` (the released scripts' path).
+        projection_loss: RD++'s projection loss; given, RD++'s projection layers are added (``rdpp_expert``).
+        projection_weight: weight of the projection loss in the student stage (RD++: 0.2).
+        bottleneck_blocks, decoder_blocks, block: OCBE / decoder sizes, as RD.
+        init: ``xavier`` (URD's student init) or ``kaiming`` (RD's).
+        teacher_bn: ``train`` (URD: BatchNorm statistics follow the training batches while T is updated) or
+            ``eval`` (kdad's ablation: T's BatchNorm keeps the pretrained statistics, only its weights move).
+        anomaly_map: the map head (RD's by default).
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        expert: Teacher | None,
+        gii: str = "gated",
+        projection_loss: ProjectionLoss | None = None,
+        projection_weight: float = 0.2,
+        bottleneck_blocks: int = 3,
+        decoder_blocks: Sequence[int] = (3, 4, 6),
+        block: str = "bottleneck",
+        init: str = "xavier",
+        teacher_bn: str = "train",
+        anomaly_map: AnomalyMapHead | None = None,
+    ) -> None:
+        super().__init__()
+        if teacher.frozen:
+            raise ValueError("RD with Expert trains its teacher: build it with frozen=False")
+        if expert is not None and (not expert.frozen or list(expert.channels) != list(teacher.channels)):
+            raise ValueError("the expert must be a frozen backbone with the teacher's channels")
+        if teacher_bn not in ("train", "eval"):
+            raise ValueError(f"unknown teacher_bn '{teacher_bn}' (use 'train' or 'eval')")
+        if init not in ("xavier", "kaiming"):
+            raise ValueError(f"unknown init '{init}' (use 'xavier' or 'kaiming')")
+        self.teacher = teacher
+        self.expert = expert
+        self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
+        self.decoder = InjectedDecoder(
+            teacher.channels, self.bottleneck.out_channels, blocks=decoder_blocks, block=block, mode=gii
+        )
+        if init == "xavier":
+            xavier_init(self.bottleneck)
+            xavier_init(self.decoder)
+        self.projection = MultiProjection(teacher.channels) if projection_loss is not None else None
+        self.projection_loss = projection_loss
+        self.projection_weight = projection_weight
+        self.gii = gii
+        self.teacher_bn = teacher_bn
+        self.anomaly_map = anomaly_map or AnomalyMapHead()
+
+    # ------------------------------------------------------------ parameters
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = {
+            "teacher": list(self.teacher.parameters()),
+            "student": [*self.bottleneck.parameters(), *self.decoder.parameters()],
+        }
+        if self.projection is not None:
+            groups["projection"] = list(self.projection.parameters())
+        return groups
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for group in self.parameter_groups().values() for p in group]
+
+    # ------------------------------------------------------------ networks
+    def student(self, teacher: Sequence[Tensor], projected: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """S(T): OCBE over the (projected) teacher features, decoded with injection from the raw teacher features.
+
+        ``projected`` passes P(T) when the caller has it already (``rdpp_expert``); it is computed otherwise.
+        """
+        if projected is None:
+            projected = self.projection(teacher) if self.projection is not None else teacher
+        return self.decoder(self.bottleneck(projected), teacher)
+
+    def _expert(self, images: Tensor) -> list[Tensor]:
+        if self.expert is None:
+            raise RuntimeError("this model was built without an expert (inference only); training needs one")
+        return self.expert(images)
+
+    # ------------------------------------------------------------ losses
+    def _student_parts(
+        self, teacher: list[Tensor], teacher_aug: list[Tensor], expert: list[Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.projection is None or self.projection_loss is None:
+            parts = student_loss(self.student(teacher), self.student(teacher_aug), teacher, expert)
+            return parts["student"], parts
+        projected, projected_aug = self.projection(teacher), self.projection(teacher_aug)
+        student, student_aug = self.student(teacher, projected), self.student(teacher_aug, projected_aug)
+        parts = student_loss(student, student_aug, teacher, expert)
+        proj = self.projection_loss(teacher_aug, projected_aug, projected)
+        return parts["student"] + self.projection_weight * proj["proj"], {**parts, **proj}
+
+    def training_stages(self, batch: dict) -> Iterator[Stage]:
+        """One URD iteration: teacher stage (step T), then student stage on the updated teacher (step S)."""
+        image = batch["image"]
+        image_aug, mask = pseudo_anomalies(batch)
+        expert, expert_aug = self._expert(image), self._expert(image_aug)
+
+        self.teacher.train(self.teacher_bn == "train")
+        t_parts = teacher_loss(self.teacher(image), self.teacher(image_aug), expert, expert_aug, mask)
+        yield Stage(("teacher",), t_parts["teacher"], t_parts)
+
+        self.teacher.eval()
+        with torch.no_grad():
+            teacher, teacher_aug = self.teacher(image), self.teacher(image_aug)
+        loss, s_parts = self._student_parts(teacher, teacher_aug, expert)
+        optimizers = ("projection", "student") if self.projection is not None else ("student",)
+        yield Stage(optimizers, loss, s_parts)
+
+    def loss(self, batch: dict) -> dict[str, Tensor]:
+        """Both losses on one batch without any update or mode switch (used for ``checkpoint=val_loss``)."""
+        image = batch["image"]
+        image_aug, mask = pseudo_anomalies(batch)
+        expert, expert_aug = self._expert(image), self._expert(image_aug)
+        teacher, teacher_aug = self.teacher(image), self.teacher(image_aug)
+        t_parts = teacher_loss(teacher, teacher_aug, expert, expert_aug, mask)
+        s_loss, s_parts = self._student_parts([t.detach() for t in teacher], [t.detach() for t in teacher_aug], expert)
+        return {"loss": t_parts["teacher"] + s_loss, **t_parts, **s_parts}
+
+    def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Inference networks without the map head: the teacher's pyramid T(x) and the student's S(T(x))."""
+        teacher = self.teacher(images)
+        return teacher, self.student(teacher)
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        teacher, student = self.features(images)
+        score, anomaly_map = self.anomaly_map(teacher, student, tuple(images.shape[-2:]))
+        return AnomalyOutput(score=score, anomaly_map=anomaly_map)
+
+
+class ExpertModule(StagedModule):
+    """:class:`StagedModule` whose checkpoints also load into an inference-only model (``expert=None``)."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        frozen = checkpoint.get("kdad", {}).get("frozen", {})
+        for prefix in [p for p in frozen if not self._has_submodule(p[:-1])]:
+            del frozen[prefix]  # e.g. the expert: not stored, and not built for inference
+        super().on_load_checkpoint(checkpoint)
+
+    def _has_submodule(self, name: str) -> bool:
+        try:
+            return self.get_submodule(name) is not None
+        except AttributeError:
+            return False
