@@ -1,0 +1,223 @@
+"""DSKD: dual-student knowledge distillation (Yao & Gao, arXiv 2402.00448), kdad's documented interpretation.
+
+No official code is public and only the abstract and third-party summaries are known, so this module
+implements the specification in ``docs/dskd.md`` (the project's decision), not a reproduction.
+
+From the paper (abstract): one frozen pretrained teacher; two students "of the same scale with inverted
+structures"; pyramid matching on multi-scale intermediate features; a deep-feature (DF) embedding module through
+which the two students interact; pixel-wise maps from teacher-student discrepancies fused across scales; an
+image score from the map.
+
+kdad's reading, composed from the shared blocks:
+
+* ``Se``: the teacher's architecture with random weights, fed the image (STFPM's student,
+  ``kdad.blocks.students.encoder_student``); its three taps are matched to the teacher's (forward pyramid).
+* ``DF``: RD's one-class bottleneck (``kdad.blocks.fusion.OneClassBottleneck``) applied to Se's three taps:
+  strided convs to the deepest scale, concatenation, residual units with one more downsampling.
+* ``Sd``: the mirrored decoder (``kdad.blocks.decoder.MirroredDecoder``) from the DF code back to the three
+  scales, matched to the teacher's (reverse pyramid, as RD). With basic blocks (2, 2, 2) it is ResNet18's
+  layers 1-3 inverted, i.e. "the same scale, inverted structure".
+* Joint training: L = w_se * sum_k d(T_k, Se_k) + w_sd * sum_k d(T_k, Sd_k). Sd's loss reaches Se through DF
+  (the "interaction"); ``df_gradient=False`` detaches Se's features before DF (ablation).
+* Map: per student and level the per-pixel 1 - cos, upsampled and fused over levels (``anomaly_map.fusion``:
+  sum or product), optionally divided by the student's normal level (``map_norm``), fused over students
+  (``student_fusion``: mean or product), Gaussian blur, max. Each student's own map is reported as an auxiliary
+  output (``se/<metric>``, ``sd/<metric>``) from the same trained model.
+* ``students='se'`` is STFPM trained with DSKD's optimiser and map head; ``students='sd'`` trains Se, DF and Sd
+  with Sd's loss only (Se becomes a learned encoder feeding the bottleneck: RD with an image-fed, trainable
+  front end).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from kdad.blocks.anomaly_map import AnomalyMapHead, cosine_distance, fuse_scales
+from kdad.blocks.decoder import MirroredDecoder
+from kdad.blocks.fusion import OneClassBottleneck
+from kdad.blocks.losses import global_cosine_loss, pixel_cosine_loss, stfpm_loss
+from kdad.blocks.students import RunningLevelMean, encoder_student, fuse_students
+from kdad.blocks.teacher import Teacher
+from kdad.methods.base import AnomalyOutput
+
+STUDENTS = ("both", "se", "sd")
+MAP_NORMS = ("none", "student", "level")
+
+# Every distance is first averaged over the batch, so the two students' weights mean the same whatever the
+# distance; ``batch_reduction='sum'`` then multiplies by the batch size, which is STFPM's released reduction
+# (its SGD lr 0.4 was tuned for a loss summed over the batch).
+BATCH_REDUCTIONS = ("mean", "sum")
+DISTANCES: dict[str, Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]] = {
+    "stfpm": functools.partial(stfpm_loss, batch_reduction="mean"),
+    "pixel_cosine": pixel_cosine_loss,
+    "global_cosine": global_cosine_loss,
+}
+
+
+def _distance(name: str) -> Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]:
+    if name not in DISTANCES:
+        raise ValueError(f"unknown DSKD distance '{name}'; choose one of {sorted(DISTANCES)}")
+    return DISTANCES[name]
+
+
+class DualStudentDistillation(nn.Module):
+    """Teacher T (frozen), encoder student Se, DF embedding, decoder student Sd; see the module docstring.
+
+    ``students``: 'both' (DSKD), 'se' (encoder student only: no DF/Sd is built) or 'sd' (decoder student only:
+    Se + DF + Sd trained by Sd's loss). ``loss`` is the distance of both students unless ``se_loss`` /
+    ``sd_loss`` override it. ``se_lr`` (None: the optimiser's lr) gives Se its own learning rate.
+    ``map_norm``: 'none', 'student' (divide each student's level-fused map by its normal level, the running
+    training mean; fusion-consistent: sum of level means for a sum, their product for a product) or 'level'
+    (divide every level map by its running training mean before fusing levels: also re-weights the levels).
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        students: str = "both",
+        embedding_blocks: int = 3,
+        embedding_block: str = "bottleneck",
+        decoder_blocks: Sequence[int] = (2, 2, 2),
+        decoder_block: str = "basic",
+        loss: str = "stfpm",
+        se_loss: str | None = None,
+        sd_loss: str | None = None,
+        se_weight: float = 1.0,
+        sd_weight: float = 1.0,
+        batch_reduction: str = "sum",
+        df_gradient: bool = True,
+        student_fusion: str = "mean",
+        map_norm: str = "none",
+        norm_momentum: float = 0.1,
+        se_lr: float | None = None,
+        anomaly_map: AnomalyMapHead | None = None,
+    ) -> None:
+        super().__init__()
+        if students not in STUDENTS:
+            raise ValueError(f"students must be one of {STUDENTS}, got '{students}'")
+        if batch_reduction not in BATCH_REDUCTIONS:
+            raise ValueError(f"batch_reduction must be one of {BATCH_REDUCTIONS}, got '{batch_reduction}'")
+        if map_norm not in MAP_NORMS:
+            raise ValueError(f"map_norm must be one of {MAP_NORMS}, got '{map_norm}'")
+        fuse_students([torch.zeros(1)], student_fusion)  # validates the name early
+        if students == "sd" and not df_gradient:
+            warnings.warn(
+                "DSKD students=sd with df_gradient=false trains Sd on a random, frozen encoder student",
+                stacklevel=2,
+            )
+        self.teacher = teacher
+        self.students = students
+        self.se_loss_name = se_loss or loss
+        self.sd_loss_name = sd_loss or loss
+        self.se_distance = _distance(self.se_loss_name)
+        self.sd_distance = _distance(self.sd_loss_name)
+        self.se_weight = float(se_weight)
+        self.sd_weight = float(sd_weight)
+        self.batch_reduction = batch_reduction
+        self.df_gradient = bool(df_gradient)
+        self.student_fusion = student_fusion
+        self.map_norm = map_norm
+        self.se_lr = se_lr
+        self.anomaly_map = anomaly_map or AnomalyMapHead(fusion="sum", sigma=4.0)
+        levels = len(teacher.channels)
+
+        self.encoder = encoder_student(teacher)
+        self.se_level_mean = RunningLevelMean(levels, norm_momentum)
+        self.embedding: OneClassBottleneck | None = None
+        self.decoder: MirroredDecoder | None = None
+        if students != "se":
+            self.embedding = OneClassBottleneck(teacher.channels, num_blocks=embedding_blocks, block=embedding_block)
+            self.decoder = MirroredDecoder(
+                teacher.channels, self.embedding.out_channels, blocks=decoder_blocks, block=decoder_block
+            )
+            self.sd_level_mean = RunningLevelMean(levels, norm_momentum)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def uses_se(self) -> bool:
+        return self.students in ("both", "se")
+
+    @property
+    def uses_sd(self) -> bool:
+        return self.students in ("both", "sd")
+
+    def trainable_parameters(self) -> list[dict]:
+        """Parameter groups: Se (own lr if ``se_lr`` is set) and DF + Sd. Se is left out when nothing trains it."""
+        groups: list[dict] = []
+        if self.uses_se or self.df_gradient:
+            se_group: dict = {"params": list(self.encoder.parameters()), "name": "se"}
+            if self.se_lr is not None:
+                se_group["lr"] = float(self.se_lr)
+            groups.append(se_group)
+        if self.uses_sd:
+            groups.append({"params": [*self.embedding.parameters(), *self.decoder.parameters()], "name": "df_sd"})
+        return groups
+
+    def features(self, images: Tensor) -> dict[str, list[Tensor]]:
+        """Teacher, Se and (when built and used) Sd pyramids, shallow to deep."""
+        out = {"teacher": self.teacher(images), "se": list(self.encoder(images))}
+        if self.uses_sd:
+            se = out["se"] if self.df_gradient else [f.detach() for f in out["se"]]
+            out["sd"] = self.decoder(self.embedding(se))
+        return out
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: dict) -> dict[str, Tensor]:
+        feats = self.features(batch["image"])
+        teacher = feats["teacher"]
+        parts: dict[str, Tensor] = {}
+        total = teacher[0].new_zeros(())
+        scale = teacher[0].shape[0] if self.batch_reduction == "sum" else 1
+        if self.uses_se:
+            parts["se"] = self.se_distance(teacher, feats["se"])
+            total = total + self.se_weight * scale * parts["se"]
+        if self.uses_sd:
+            parts["sd"] = self.sd_distance(teacher, feats["sd"])
+            total = total + self.sd_weight * scale * parts["sd"]
+        if self.training:
+            self._track_normal_levels(feats)
+        return {"loss": total, **parts}
+
+    @torch.no_grad()
+    def _track_normal_levels(self, feats: dict[str, list[Tensor]]) -> None:
+        """Running mean of each level's per-pixel 1 - cos on the (normal) training batches."""
+        for name in ("se", "sd"):
+            if name in feats:
+                levels = zip(feats["teacher"], feats[name], strict=True)
+                getattr(self, f"{name}_level_mean").update([cosine_distance(t, s).mean() for t, s in levels])
+
+    # ------------------------------------------------------------------ inference
+    def student_map(self, teacher: Sequence[Tensor], student: Sequence[Tensor], name: str, size: tuple[int, int]):
+        """One student's level-fused [B,1,H,W] map, normalised by its normal level when ``map_norm`` says so."""
+        head = self.anomaly_map
+        levels = head.scale_maps(teacher, student)
+        normal = getattr(self, f"{name}_level_mean").value.clamp_min(1e-8)
+        if self.map_norm == "level":
+            levels = [m / normal[k] for k, m in enumerate(levels)]
+        fused = fuse_scales(levels, size, head.fusion, head.align_corners)
+        if self.map_norm == "student":
+            fused = fused / (normal.sum() if head.fusion == "sum" else normal.prod())
+        return fused
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        size = tuple(images.shape[-2:])
+        feats = self.features(images)
+        teacher = feats["teacher"]
+        used = [name for name in ("se", "sd") if getattr(self, f"uses_{name}")]
+        maps = {name: self.student_map(teacher, feats[name], name, size) for name in used}
+        fused = fuse_students(list(maps.values()), self.student_fusion)
+        score, anomaly_map = self.anomaly_map.finalise(fused)
+        auxiliary = {name: self.anomaly_map.finalise(m) for name, m in maps.items()} if len(maps) > 1 else {}
+        return AnomalyOutput(score=score, anomaly_map=anomaly_map, auxiliary=auxiliary)
+
+    def extra_repr(self) -> str:
+        return (
+            f"students={self.students}, se_loss={self.se_loss_name}, sd_loss={self.sd_loss_name}, "
+            f"weights=({self.se_weight}, {self.sd_weight}), df_gradient={self.df_gradient}, "
+            f"scale_fusion={self.anomaly_map.fusion}, student_fusion={self.student_fusion}, map_norm={self.map_norm}"
+        )
