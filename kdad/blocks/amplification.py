@@ -1,0 +1,178 @@
+"""Residual Anomaly Amplification (RAA): AAND's trainable add-on to a frozen teacher (Tang et al., arXiv 2405.02068).
+
+One :class:`ResidualAnomalyAmplification` module per tapped teacher level turns a feature map ``f`` into
+``f' = f + g * v``:
+
+* **matching-guided residual gate** ``g`` in [0, 1] per position: a query ``q = MLP_q(f + PE)`` is matched
+  against learnable prototypes by cosine similarity with a temperature, ``a = softmax_j(cos(q, K_j) / tau)``,
+  and ``g`` is the attention mass on the prototypes that stand for anomalies;
+* **attribute-scaling residual generator** ``v = tanh(MLP_g(f)) * f``: per position and channel, a factor in
+  [-1, 1] rescales the feature itself, so the residual can only amplify, damp or flip existing attributes.
+
+During stage-I training the gate used in the residual is *replaced* by the synthetic anomaly mask (teacher
+forcing; the mask is average-pooled to the level and binarised at ``> 0.3``), while the predicted gate is
+trained separately (focal loss); at inference the soft predicted gate is used.
+
+From the released code (``Hui-design/AAND``, ``models/recons_net.py``, ``models/resnet_rar.py``), as recorded
+in the project's method notes: MLPs of three 1x1 convs C->h->h->C with ReLU between them and h = min(2C, 1024);
+100 prototypes initialised from a standard normal, the first 50 "normal" and the last 50 "abnormal"; tau = 0.2;
+a fixed 2-D sinusoidal positional encoding with C channels added to the query input only; tanh factors (the
+code also clamps to [-1, 1], a no-op after tanh); pooled-mask threshold 0.3; levels independent (the next
+teacher layer consumes the un-amplified feature, which is automatic here because the teacher is run first and
+amplified afterwards).
+
+kdad decisions: channels left over when C is not divisible by 4 get no encoding (the released code refuses such
+C; every tap of kdad's teachers is divisible by 4); prototype counts, tau and the mask threshold are arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MASK_THRESHOLD = 0.3
+
+
+def sinusoidal_position_encoding(channels: int, height: int, width: int) -> Tensor:
+    """Fixed 2-D sinusoidal positional encoding [C, H, W] with values in [-1, 1] (Transformer encoding per axis).
+
+    With ``n = C // 4`` frequencies ``w_i = 10000^(-i / n)``, channels ``2i`` and ``2i + 1`` of the first half
+    hold ``sin(w_i x)`` and ``cos(w_i x)`` of the column ``x``, and the same channels of the second half those of
+    the row ``y`` (the layout of AAND's encoding). Channels beyond ``4n`` (C not divisible by 4) are zero.
+    """
+    pairs = channels // 4
+    encoding = torch.zeros(channels, height, width)
+    if pairs == 0:
+        return encoding
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(pairs, dtype=torch.float64) / pairs)
+
+    def axis_code(length: int) -> Tensor:  # [2 * pairs, length]: sin/cos interleaved per frequency
+        angles = torch.arange(length, dtype=torch.float64)[:, None] * frequencies
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).T.float()
+
+    half = 2 * pairs
+    encoding[:half] = axis_code(width)[:, None, :].expand(-1, height, width)
+    encoding[half : 2 * half] = axis_code(height)[:, :, None].expand(-1, height, width)
+    return encoding
+
+
+def pointwise_mlp(channels: int, hidden: int) -> nn.Sequential:
+    """Three 1x1 convolutions C -> hidden -> hidden -> C with ReLU between them (RAA's MLP_q and MLP_g)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, hidden, 1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, channels, 1),
+    )
+
+
+def level_mask(mask: Tensor, size: Sequence[int], threshold: float = MASK_THRESHOLD) -> Tensor:
+    """Pixel mask [B,1,H,W] -> binary float mask at a feature level: adaptive average pooling, then ``> threshold``."""
+    return (F.adaptive_avg_pool2d(mask.float(), tuple(size)) > threshold).float()
+
+
+@dataclass
+class Amplified:
+    """One level's RAA output: amplified features [B,C,H,W], predicted gate [B,1,H,W] in [0, 1], factors
+    [B,C,H,W] in [-1, 1], and the gate actually applied (the forced mask or the predicted gate)."""
+
+    features: Tensor
+    gate: Tensor
+    factors: Tensor
+    applied_gate: Tensor
+
+
+class ResidualAnomalyAmplification(nn.Module):
+    """RAA for one feature level with ``channels`` channels (see the module docstring).
+
+    Args:
+        channels: feature channels C of the level.
+        normal_prototypes, abnormal_prototypes: number of learnable keys of each kind (AAND: 50 + 50).
+        temperature: softmax temperature tau of the cosine matching (AAND: 0.2).
+        hidden: MLP width; default min(2C, 1024) as AAND.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        normal_prototypes: int = 50,
+        abnormal_prototypes: int = 50,
+        temperature: float = 0.2,
+        hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+        if normal_prototypes < 1 or abnormal_prototypes < 1:
+            raise ValueError("RAA needs at least one normal and one abnormal prototype")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        hidden = hidden or min(2 * channels, 1024)
+        self.channels = channels
+        self.normal_prototypes = normal_prototypes
+        self.temperature = float(temperature)
+        self.query = pointwise_mlp(channels, hidden)
+        self.generator = pointwise_mlp(channels, hidden)
+        self.prototypes = nn.Parameter(torch.randn(normal_prototypes + abnormal_prototypes, channels))
+        self._encodings: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+
+    def position_encoding(self, height: int, width: int, like: Tensor) -> Tensor:
+        key = (height, width, like.device, like.dtype)
+        if key not in self._encodings:
+            encoding = sinusoidal_position_encoding(self.channels, height, width)
+            self._encodings[key] = encoding.to(device=like.device, dtype=like.dtype)
+        return self._encodings[key]
+
+    def gate(self, features: Tensor) -> Tensor:
+        """Predicted gate [B,1,H,W]: softmax attention mass on the abnormal prototypes."""
+        height, width = features.shape[-2:]
+        query = F.normalize(self.query(features + self.position_encoding(height, width, features)), dim=1)
+        keys = F.normalize(self.prototypes, dim=1).to(query.dtype)
+        attention = torch.einsum("bchw,pc->bphw", query, keys).div(self.temperature).softmax(dim=1)
+        return attention[:, self.normal_prototypes :].sum(1, keepdim=True)
+
+    def factors(self, features: Tensor) -> Tensor:
+        """Attribute-scaling factors [B,C,H,W] in [-1, 1]."""
+        return torch.tanh(self.generator(features))
+
+    def forward(self, features: Tensor, forced_gate: Tensor | None = None) -> Amplified:
+        """Amplify one level; a ``forced_gate`` [B,1,H,W] (teacher forcing) replaces the predicted gate in ``g * v``."""
+        gate = self.gate(features)
+        factors = self.factors(features)
+        applied = gate if forced_gate is None else forced_gate.to(features.dtype)
+        return Amplified(features + applied * factors * features, gate, factors, applied)
+
+
+class ResidualAnomalyAmplifier(nn.Module):
+    """One independent RAA per teacher level; ``forward(features, mask=None) -> list[Amplified]``.
+
+    With a pixel ``mask`` [B,1,H,W] (stage-I training), each level's residual uses ``level_mask(mask) > 0.3``
+    instead of its predicted gate (teacher forcing); without one, the soft predicted gate.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        normal_prototypes: int = 50,
+        abnormal_prototypes: int = 50,
+        temperature: float = 0.2,
+        mask_threshold: float = MASK_THRESHOLD,
+    ) -> None:
+        super().__init__()
+        self.mask_threshold = float(mask_threshold)
+        self.levels = nn.ModuleList(
+            ResidualAnomalyAmplification(c, normal_prototypes, abnormal_prototypes, temperature) for c in channels
+        )
+
+    def forward(self, features: Sequence[Tensor], mask: Tensor | None = None) -> list[Amplified]:
+        if len(features) != len(self.levels):
+            raise ValueError(f"expected {len(self.levels)} feature levels, got {len(features)}")
+        outputs = []
+        for raa, f in zip(self.levels, features, strict=True):
+            forced = None if mask is None else level_mask(mask, f.shape[-2:], self.mask_threshold)
+            outputs.append(raa(f, forced))
+        return outputs
