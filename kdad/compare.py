@@ -95,8 +95,8 @@ def run_comparison(
                 run(cfg, quiet=True)
                 result = load_run(Path(cfg.run_dir) / "metrics.json", column=variant)
                 if prefix is not None:
-                    metrics = {k[len(prefix) + 1 :]: v for k, v in result.metrics.items() if k.startswith(f"{prefix}/")}
-                    result = dataclasses.replace(result, metrics=metrics)
+                    view = {k[len(prefix) + 1 :]: v for k, v in result.metrics.items() if k.startswith(f"{prefix}/")}
+                    result = dataclasses.replace(result, metrics=view)
                 results.append(result)
                 print(f"[{done}/{total}] {variant} / {category} / seed {seed}: {time.perf_counter() - started:.0f}s")
     title = f"{spec.title} — {spec.get('budget', '')}".strip(" —")

@@ -330,6 +330,7 @@ def test_comparison_reports_stage1_view_and_best_on_test_picks_a_stage2_epoch(mv
     )
     text = run_comparison(str(spec), out=tmp_path / "out" / "aand_tiny")
     assert "| category | AAND | AAND stage I |" in text
+    assert "### I-AUROC" in text and "### P-AUROC" in text and "### I-AP" not in text  # the spec's metrics only
     results = {r.column: r for r in find_runs([tmp_path / "runs"])}
     assert set(results) == {"AAND"}  # the view trained nothing
     summary = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
@@ -337,3 +338,14 @@ def test_comparison_reports_stage1_view_and_best_on_test_picks_a_stage2_epoch(mv
     rows = list(csv.DictReader((tmp_path / "out" / "aand_tiny.csv").open()))
     view = next(r for r in rows if r["column"] == "AAND stage I")
     assert float(view["image_auroc"]) == pytest.approx(summary["metrics"]["stage1/image_auroc"])
+
+
+# ------------------------------------------------------------------------------------------------ learning (slow)
+@pytest.mark.slow
+def test_aand_learns_on_a_synthetic_category(tmp_path: Path) -> None:
+    """5 stage-I + 30 stage-II epochs at 128 px: image AUROC 0.915 / 0.938 for seeds 0 / 1 when measured (with
+    5 + 15 epochs the HKD student is not there yet: 0.854-0.949 over three seeds, see docs/aand.md)."""
+    overrides = ["method=aand", "data.category=leatherette", "data.image_size=128", "logger=none", "review_cases=0"]
+    summary = run(compose_config([*overrides, *_stages(5, 30)], tmp_path), quiet=True)
+    assert summary["metrics"]["image_auroc"] >= 0.9
+    assert summary["metrics"]["stage1/image_auroc"] >= 0.9  # the stage-I map alone (0.947 when measured)
