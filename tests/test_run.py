@@ -13,6 +13,7 @@ import pytest
 import torch
 from fixtures import write_folder, write_mvtec, write_mvtec3d, write_visa_raw
 from helpers import compose_config
+from lightning.pytorch.callbacks import Callback
 
 from kdad.data.errors import DatasetError
 from kdad.methods.base import AnomalyModule, NonFiniteLossError
@@ -255,3 +256,28 @@ def test_auxiliary_maps_are_evaluated_alongside_the_main_map(tmp_path: Path) -> 
     metrics = module._compute_all()
     assert metrics["image_auroc"] == 1.0 and metrics["inverted/image_auroc"] == 0.0
     assert "inverted/pixel_aupro" in metrics
+
+
+class _LastCheckpointProbe(Callback):
+    """Records, at the start of each epoch, the epoch stored in last.ckpt (None when there is no file yet)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        state = torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
+        self.seen.append(None if state is None else state["epoch"])
+
+
+@pytest.mark.parametrize("method", ["rd", "rdpp"])  # automatic and manual (several optimisers) optimisation
+def test_last_checkpoint_is_written_after_every_epoch(method: str, mvtec_root: Path, tmp_path: Path, monkeypatch):
+    """A run killed outright (no Ctrl-C handler runs) must still find the previous epoch's last.ckpt."""
+    import kdad.run as run_module
+
+    cfg = compose_config([*_mvtec(mvtec_root), *SMALL, f"method={method}", "trainer.max_epochs=3"], tmp_path)
+    probe = _LastCheckpointProbe(Path(cfg.run_dir) / "checkpoints/last.ckpt")
+    build = run_module.build_callbacks
+    monkeypatch.setattr(run_module, "build_callbacks", lambda c: [*build(c), probe])
+    run(cfg)
+    assert probe.seen == [None, 0, 1]  # written at the end of epochs 0 and 1, before epochs 1 and 2 start
+    assert not list((Path(cfg.run_dir) / "checkpoints").glob("*.partial"))
