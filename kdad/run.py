@@ -231,7 +231,9 @@ def _epochs_trained(trainer: L.Trainer, run_dir: Path) -> int:
     if trainer.world_size == 1 or last is None:
         return trainer.current_epoch
     state = torch.load(last, map_location="cpu", weights_only=False)
-    return int(state["epoch"])  # the trainer's current_epoch when saved: epochs completed, at the end of fit
+    # Epochs whose batches all ran: written at the end of an epoch, "epoch" still holds that epoch's index.
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", state["epoch"]))
 
 
 def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
