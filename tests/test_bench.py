@@ -1,0 +1,128 @@
+"""`make bench` end to end at tiny settings, and the speed options of a run (no timing thresholds here: the
+targets are checked by the bench itself, on ratios measured in one run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from helpers import compose_config
+
+from bench.runner import load_settings, run_bench
+from bench.timing import Bucket, timed_attribute
+from kdad.metrics import AnomalyMetrics
+from kdad.speed import apply_speed
+
+TINY = [
+    "bench.methods=[rd,stfpm]",
+    "bench.image_size=64",
+    "bench.batch_size=4",
+    "bench.train_images=8",
+    "bench.test_good=2",
+    "bench.test_per_defect=1",
+    "bench.infer_images_b1=2",
+    "bench.infer_batches=1",
+    "bench.threads=2",
+    "bench.options.channels_last=[rd]",
+    "bench.options.compile=[]",
+    "bench.options.workers=[stfpm]",
+    "bench.pixel_memory.images=24",
+    "bench.pixel_memory.size=64",
+    "bench.pixel_memory.batch=8",
+]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    tmp = tmp_path_factory.mktemp("bench")
+    output = tmp / "cpu.json"
+    paths = [f"bench.output={output}", f"bench.workdir={tmp}/work", f"bench.overrides=[data.cache_dir={tmp}/resized]"]
+    settings = load_settings([*TINY, *paths])
+    printed: list[str] = []
+    results = run_bench(settings, say=lambda *a, **_: printed.append(" ".join(map(str, a))))
+    return results, "\n".join(printed), output
+
+
+def test_bench_writes_every_figure(bench_run: tuple[dict, str, Path]) -> None:
+    results, printed, output = bench_run
+    assert json.loads(output.read_text()) == json.loads(json.dumps(results))
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(rows) == {"rd", "stfpm"} and all(r["precision"] == "32-true" for r in rows.values())
+    for row in rows.values():
+        # 8 training images in batches of 4, the first batch is warm-up; 2 good + 4 defect types x 1 test images
+        assert row["train_images"] == 4 and row["test_images"] == 6 and row["train_epochs"] == 1
+        (epoch,) = row["train_per_epoch"]
+        assert epoch["images"] == 4 and epoch["seconds"] == pytest.approx(row["train_seconds"])
+        for key in ("train_images_per_s", "infer_b1_images_per_s", "infer_batch_images_per_s", "pure_forward_seconds"):
+            assert row[key] > 0, key
+        assert 0 <= row["train_data_fraction"] < 1
+        parts = ("data", "model", "maps", "metrics")
+        assert sum(row[f"test_{p}_seconds"] for p in parts) <= row["test_seconds"] * 1.001
+        assert row["test_model_seconds"] > 0 and row["test_metrics_seconds"] > 0
+        rounds = row["test_over_forward_rounds"]
+        assert len(rounds) == 3 and min(rounds) <= row["test_over_forward"] <= max(rounds)
+        assert 0 < row["params_trainable"] < row["params_total"]
+        assert row["frozen_teachers_eval_no_grad"] is True
+        assert row["peak_rss_bytes"] >= row["rss_start_bytes"] > 0
+        assert row["speed"] == {"channels_last": True, "compile": False}
+    # STFPM's student is the teacher's architecture: as many trainable parameters as the frozen teacher holds
+    assert rows["stfpm"]["params_trainable"] * 2 == rows["stfpm"]["params_total"]
+    layout, workers = results["options"]
+    assert layout["method"] == "rd" and layout["option"] == "channels_last" and layout["value"] is False
+    # STFPM synthesises nothing, so `auto` gave its CPU training loader no worker: the flipped run has one
+    assert workers["method"] == "stfpm" and workers["option"] == "workers" and workers["value"] is True
+    assert rows["stfpm"]["train_loader_workers"] == 0 and workers["train_loader_workers"] == 1
+    assert all(
+        o["available"] and o["train_images_per_s"] > 0 and o["default_run_images"] == 2000 for o in (layout, workers)
+    )
+    pixel = results["pixel_memory"]
+    assert pixel["images"] == 24 and pixel["size"] == 64 and pixel["extra_bytes"] >= 0
+    targets = {t["target"].split(":")[0]: t for t in results["targets"]}
+    assert {"training", "test pass / pure forward (same images)", "speed.channels_last"} <= set(targets)
+    assert all(isinstance(t["pass"], bool) for t in results["targets"])
+    for line in ("| rd | 32-true |", "| stfpm | 32-true |", "Targets:", "| rd | 32-true | channels_last |"):
+        assert line in printed
+
+
+def test_bench_settings_reject_unknown_keys_and_devices() -> None:
+    with pytest.raises(Exception, match="not_a_setting"):
+        load_settings(["bench.not_a_setting=1"])
+    with pytest.raises(ValueError, match="bench.device"):
+        load_settings(["bench.device=tpu"])
+    assert load_settings(["bench.method_overrides.rd=[seed=1]"]).bench.method_overrides.rd == ["seed=1"]
+
+
+def test_timed_attribute_times_and_restores() -> None:
+    bucket = Bucket()
+    metrics = AnomalyMetrics(pixel=False)
+    with timed_attribute(AnomalyMetrics, "update", bucket, torch.device("cpu")):
+        metrics.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]))
+    metrics.update(torch.tensor([0.2]), torch.tensor([0]))
+    assert bucket.calls == 1 and bucket.seconds > 0  # the call after the context is not timed
+    assert AnomalyMetrics.update.__qualname__ == "AnomalyMetrics.update" and metrics.n_images == 3
+    module = torch.nn.Linear(2, 2)
+    with timed_attribute(module, "forward", bucket, torch.device("cpu")):
+        module(torch.zeros(1, 2))
+    assert bucket.calls == 2 and "forward" not in vars(module)
+
+
+def test_speed_options_compose_and_apply(tmp_path: Path) -> None:
+    cfg = compose_config(["data.image_size=64"], tmp_path)
+    assert dict(cfg.speed) == {"channels_last": True, "compile": False}  # on where measured to win (README)
+    plain = hydra.utils.instantiate(cfg.method).eval()
+    fast = hydra.utils.instantiate(cfg.method).eval()
+    fast.load_state_dict(plain.state_dict())
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    apply_speed(fast, **cfg.speed)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(getattr(child, "_compiled_call_impl", None) is None for child in fast.model.children())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(plain.model(images).anomaly_map, fast.model(images).anomaly_map, atol=1e-4)
+    apply_speed(fast, compile=True)  # lazy: nothing compiles until the first call
+    compiled = {name for name, child in fast.model.named_children() if child._compiled_call_impl is not None}
+    assert compiled == {"teacher", "bottleneck", "decoder"}  # the networks; not the parameter-free map head
