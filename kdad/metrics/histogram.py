@@ -136,7 +136,10 @@ class GrowingHistogram:
         if scores.size:
             # One bincount for all channels: channel c occupies the slice [c * n_bins, (c + 1) * n_bins).
             idx = self.local_index(scores)
-            idx += channels.astype(np.int64) * self.n_bins
+            if channels.dtype == np.bool_:
+                idx[channels] += self.n_bins  # two channels: only the True entries move, no full-size temporaries
+            else:
+                idx += channels.astype(np.int64) * self.n_bins
             self.counts += np.bincount(idx, minlength=self.counts.size).reshape(self.counts.shape)
         if weighted_scores is not None and weighted_scores.size:
             self.weights += np.bincount(self.local_index(weighted_scores), weights=weights, minlength=self.n_bins)
