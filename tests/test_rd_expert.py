@@ -243,6 +243,31 @@ def test_urd_foreground_per_category(synthesis: str, category: str, method: str,
     assert cfg.synthesis.synthesizer.clean_probability == 0.0 and cfg.synthesis.synthesizer.texture_augmenters == 0
 
 
+@pytest.mark.parametrize(
+    ("data", "category", "method"),
+    [
+        ("mvtec", "hazelnut", "grabcut"),
+        ("mvtec", "capsule", "otsu"),
+        ("visa", "pcb1", "grabcut"),
+        ("mvtec3d", "bagel", "grabcut"),
+        ("synthetic", "gelcap", "grabcut"),
+        ("synthetic", "hexnut", "grabcut"),
+        ("synthetic", "leatherette", "none"),
+        ("folder", None, "none"),
+    ],
+)
+@pytest.mark.parametrize("expert_method", ["rd_expert", "rdpp_expert"])
+def test_expert_methods_pick_the_benchmarks_foreground_rule(
+    expert_method: str, data: str, category: str | None, method: str, tmp_path: Path
+) -> None:
+    """Without a synthesis override, the data group selects URD's foreground rule for its benchmark."""
+    overrides = [f"method={expert_method}", f"data={data}"] + ([f"data.category={category}"] if category else [])
+    cfg = compose_config(overrides, tmp_path)
+    foreground = cfg.data.foreground
+    rule = foreground.get(category, foreground["default"]) if category else foreground["default"]
+    assert rule["method"] == method
+
+
 def test_rdpp_preset_resolves_epochs_per_category(tmp_path: Path) -> None:
     for category, epochs in (("carpet", 10), ("grid", 260), ("zipper", 300), ("bottle", 200)):
         cfg = compose_config(["experiment=paper/rdpp_mvtec", f"data.category={category}"], tmp_path)
