@@ -47,3 +47,26 @@ def test_report_rebuilds_table_from_run_folders(comparison: tuple[Path, str], ca
     assert [row[0] for row in table] == ["bottle", "mean"]
     main([str(tmp / "runs"), "--metrics", "image_auroc"])
     assert "| mean |" in capsys.readouterr().out
+
+
+SHIPPED_SPECS = sorted((Path(__file__).parents[1] / "conf" / "compare").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec_path", SHIPPED_SPECS, ids=lambda p: p.stem)
+def test_every_shipped_comparison_spec_composes(spec_path: Path, tmp_path: Path) -> None:
+    """Each variant of each conf/compare spec composes into a run config (a typo fails here, not hours into a run)."""
+    from omegaconf import OmegaConf
+
+    from kdad.compare import compose_run_config
+
+    spec = OmegaConf.load(spec_path)
+    assert spec.title and spec.categories and spec.variants
+    for variant, overrides in spec.variants.items():
+        if OmegaConf.is_dict(overrides):  # a view on another variant's runs
+            assert overrides.of in spec.variants, f"{spec_path.name}: {variant} views unknown {overrides.of}"
+            continue
+        category = spec.categories[0]
+        cfg = compose_run_config(
+            [*spec.common, *overrides, f"data.category={category}", f"paths.runs_dir={tmp_path}", "seed=0"]
+        )
+        assert cfg.method.name and str(cfg.data.category) == str(category)
