@@ -9,7 +9,7 @@ Measured, in this order, on a fresh model:
    split into data wait, networks (``features``), maps (``forward`` minus ``features``), metrics
    (``AnomalyMetrics.update``/``compute``) and the rest, each compared with the pure forward: ``model.features``
    (the networks without the map head) on the same batches, interleaved batch by batch;
-5. peak memory (RSS; on CUDA also the allocator's peak) and parameter counts.
+4. peak memory (RSS; on CUDA also the allocator's peak) and parameter counts.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from bench.timing import Bucket, SplitTimer, now, timed_attribute, timed_calls
 from kdad.blocks.teacher import Teacher
 from kdad.compare import compose_run_config
 from kdad.metrics import AnomalyMetrics
-from kdad.speed import apply_speed
+from kdad.run import build_modules
 
 ACCELERATORS = {"cpu": "cpu", "cuda": "gpu"}
 
@@ -64,14 +64,10 @@ def run_overrides(
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """Data module (set up) and LightningModule with the run's speed options, as ``kdad.run`` builds them."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
-    datamodule = hydra.utils.instantiate(cfg.data)
+    """Data module (set up) and LightningModule with the run's speed options, built by ``kdad.run``'s builder."""
+    datamodule, module = build_modules(cfg, verbose=False)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    module = hydra.utils.instantiate(cfg.method)
-    apply_speed(module, **(cfg.get("speed") or {}))
     return datamodule, module
 
 

@@ -168,7 +168,8 @@ def combined_table(results: Sequence[RunResult], metrics: Sequence[str], columns
     return rows
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -181,11 +182,11 @@ def _benchmark_section(results: Sequence[RunResult], metrics: Sequence[str], lay
     if layout == "combined":
         labels = " / ".join(METRIC_LABELS.get(m, m) for m in metrics)
         parts += [f"Cells: {labels}", ""]
-        parts += _markdown_table(["category", *columns], combined_table(results, metrics, columns))
+        parts += markdown_table(["category", *columns], combined_table(results, metrics, columns))
         return [*parts, ""]
     for metric in metrics:
         parts += [f"### {METRIC_LABELS.get(metric, metric)}", ""]
-        parts += _markdown_table(["category", *columns], metric_table(results, metric, columns))
+        parts += markdown_table(["category", *columns], metric_table(results, metric, columns))
         parts.append("")
     return parts
 

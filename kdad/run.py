@@ -44,6 +44,16 @@ CHECKPOINT_NOTES = {
 }
 
 
+def build_modules(cfg: DictConfig, verbose: bool = True) -> tuple[Any, AnomalyModule]:
+    """Seeded data module and LightningModule of a run config, with the run's matmul precision and speed options."""
+    L.seed_everything(cfg.seed, workers=True, verbose=verbose)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module: AnomalyModule = hydra.utils.instantiate(cfg.method)
+    apply_speed(module, **(cfg.get("speed") or {}))
+    return datamodule, module
+
+
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
@@ -105,11 +115,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
         raise ValueError("train=false evaluates a checkpoint: pass ckpt_path=/path/to/checkpoint.ckpt")
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
-    datamodule = hydra.utils.instantiate(cfg.data)
-    module: AnomalyModule = hydra.utils.instantiate(cfg.method)
-    apply_speed(module, **(cfg.get("speed") or {}))
+    datamodule, module = build_modules(cfg)
     logger = build_logger(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=logger)
     _check_strategy(trainer)

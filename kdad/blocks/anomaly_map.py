@@ -108,16 +108,16 @@ class GaussianBlur(nn.Module):
         else:
             kernel = torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
-        self._bands: dict[tuple[int, torch.device, torch.dtype], list[_Band]] = {}
+        self._band_cache: dict[tuple[int, torch.device, torch.dtype], list[_Band]] = {}
 
     def bands(self, length: int, like: Tensor) -> list[_Band]:
         key = (length, like.device, like.dtype)
-        if key not in self._bands:
+        if key not in self._band_cache:
             # Normal tensors even when first built under inference_mode, so a later call with autograd can use them.
             with torch.inference_mode(False):
                 kernel = self.kernel.to(device=like.device, dtype=like.dtype)
-                self._bands[key] = _bands(length, kernel, self.radius, self.block)
-        return self._bands[key]
+                self._band_cache[key] = _bands(length, kernel, self.radius, self.block)
+        return self._band_cache[key]
 
     def forward(self, maps: Tensor) -> Tensor:
         if self.radius == 0:
