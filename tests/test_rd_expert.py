@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import hydra
@@ -168,6 +169,27 @@ def test_stages_update_teacher_then_student(method: str, teacher_bn: str, tmp_pa
     # The validation loss (checkpoint=val_loss) works on plain normal batches: clean pairs with empty masks.
     parts = model.loss({"image": image})
     assert torch.isfinite(parts["loss"]) and float(parts["t_mask"]) >= 0
+
+
+@pytest.mark.parametrize("teacher_bn", ["train", "eval"])
+def test_warns_once_when_the_teacher_does_not_start_as_the_expert(teacher_bn: str, tmp_path: Path) -> None:
+    """Batches of one near-uniform 'category': their statistics are far from ImageNet's, so a teacher normalising with
+    them (teacher_bn=train) does not start as a copy of the expert; with the pretrained statistics it does, exactly."""
+    cfg = compose_config(["method=rd_expert", f"method.model.teacher_bn={teacher_bn}"], tmp_path)
+    model: ExpertTeacherStudent = hydra.utils.instantiate(cfg.method).model
+    model.train()
+    image = 0.3 + 0.05 * torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    batch = {"image": image, "image_aug": image, "mask_aug": torch.zeros(8, 1, 64, 64)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = next(model.training_stages(batch))
+        next(model.training_stages(batch))  # only the first iteration is checked
+    gap_warnings = [w for w in caught if "from the expert on normal images" in str(w.message)]
+    levels = len(model.teacher.channels)
+    if teacher_bn == "train":
+        assert len(gap_warnings) == 1 and float(first.logs["t_normal"]) / levels > 0.1
+    else:
+        assert not gap_warnings and float(first.logs["t_normal"]) < 1e-5
 
 
 def test_rd_expert_config_follows_the_release(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ memory) that loads those checkpoints.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -101,6 +102,30 @@ def student_loss(
     return {"student": to_teacher + to_expert, "s_teacher": to_teacher, "s_expert": to_expert}
 
 
+START_GAP_LIMIT = 0.1
+
+
+def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -> float:
+    """Warn when the teacher does not start as a copy of the expert; returns the mean per-level 1 - cos.
+
+    URD's teacher loss assumes T = E at the first iteration. With ``teacher_bn: train`` the teacher normalises with
+    the batch's statistics instead of ImageNet's, and on batches of one category that alone moves some backbones far
+    from the expert: measured with EfficientNet-Lite0 at 128 px on the embedded benchmark, mean per-pixel 1 - cos of
+    0.3-0.9 per level (WRN50's non-negative post-ReLU features bound the cosine from below; this was not measurable
+    here without its weights). The teacher then spends its budget undoing the shift instead of learning the mask.
+    """
+    gap = float(t_normal.detach()) / max(levels, 1)
+    if gap > START_GAP_LIMIT:
+        warnings.warn(
+            f"RD with Expert: at the first iteration the teacher (BatchNorm in {teacher_bn} mode) is already "
+            f"{gap:.2f} (mean 1 - cos per level) from the expert on normal images; the recipe assumes it starts as "
+            "a copy. This backbone's batch statistics on this category differ from its pretrained ones; "
+            "method.model.teacher_bn=eval keeps the pretrained statistics (docs/rd_expert.md, ablation).",
+            stacklevel=2,
+        )
+    return gap
+
+
 class ExpertTeacherStudent(nn.Module):
     """Expert-teacher-student reverse distillation (``method=rd_expert``; with projection: ``rdpp_expert``).
 
@@ -155,6 +180,8 @@ class ExpertTeacherStudent(nn.Module):
         self.gii = gii
         self.teacher_bn = teacher_bn
         self.anomaly_map = anomaly_map or AnomalyMapHead()
+        # Checked on the first training iteration only (ExpertModule turns it off when a run resumes).
+        self.check_start_gap = True
 
     # ------------------------------------------------------------ parameters
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -205,6 +232,9 @@ class ExpertTeacherStudent(nn.Module):
 
         self.teacher.train(self.teacher_bn == "train")
         t_parts = teacher_loss(self.teacher(image), self.teacher(image_aug), expert, expert_aug, mask)
+        if self.check_start_gap:
+            self.check_start_gap = False
+            warn_if_teacher_starts_far(t_parts["t_normal"], len(expert), self.teacher_bn)
         yield Stage(("teacher",), t_parts["teacher"], t_parts)
 
         self.teacher.eval()
@@ -237,6 +267,10 @@ class ExpertTeacherStudent(nn.Module):
 
 class ExpertModule(StagedModule):
     """:class:`StagedModule` whose checkpoints also load into an inference-only model (``expert=None``)."""
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.model.check_start_gap = self.global_step == 0
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         frozen = checkpoint.get("kdad", {}).get("frozen", {})
