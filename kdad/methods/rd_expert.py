@@ -138,7 +138,8 @@ class ExpertTeacherStudent(nn.Module):
         bottleneck_blocks, decoder_blocks, block: OCBE / decoder sizes, as RD.
         init: ``xavier`` (URD's student init) or ``kaiming`` (RD's).
         teacher_bn: ``train`` (URD: BatchNorm statistics follow the training batches while T is updated) or
-            ``eval`` (kdad's ablation: T's BatchNorm keeps the pretrained statistics, only its weights move).
+            ``eval`` (kdad's ablation: T's BatchNorm keeps the pretrained statistics, only its weights move). With
+            ``train``, the first iteration warns when T does not start close to E (:func:`warn_if_teacher_starts_far`).
         anomaly_map: the map head (RD's by default).
     """
 
