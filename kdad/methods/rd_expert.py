@@ -111,8 +111,8 @@ def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -
     URD's teacher loss assumes T = E at the first iteration. With ``teacher_bn: train`` the teacher normalises with
     the batch's statistics instead of ImageNet's, and on batches of one category that alone moves some backbones far
     from the expert: measured with EfficientNet-Lite0 at 128 px on the embedded benchmark, mean per-pixel 1 - cos of
-    0.3-0.9 per level (WRN50's non-negative post-ReLU features bound the cosine from below; this was not measurable
-    here without its weights). The teacher then spends its budget undoing the shift instead of learning the mask.
+    0.3-0.9 per level (0.16-0.48 even for its non-negative post-ReLU6 features; WRN50, which the recipe was tuned on,
+    was not measurable here). The teacher then spends its budget undoing the shift instead of learning the mask.
     """
     gap = float(t_normal.detach()) / max(levels, 1)
     if gap > START_GAP_LIMIT:
