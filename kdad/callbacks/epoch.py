@@ -25,7 +25,7 @@ class EpochCheckpoint(Callback):
         partial = self.path.with_name(self.path.name + ".partial")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(partial, weights_only=False)  # full state; all ranks call, rank 0 writes
         if trainer.is_global_zero:
             os.replace(partial, self.path)
         trainer.strategy.barrier()

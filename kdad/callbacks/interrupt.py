@@ -20,4 +20,4 @@ class InterruptCheckpoint(Callback):
         if not isinstance(exception, KeyboardInterrupt) or not trainer.training:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
