@@ -247,30 +247,16 @@ def test_rd_expert_presets_resolve_iterations_per_category(
 
 
 @pytest.mark.parametrize(
-    ("synthesis", "category", "method"),
-    [
-        ("draem_urd_mvtec", "bottle", "grabcut"),
-        ("draem_urd_mvtec", "screw", "otsu"),
-        ("draem_urd_mvtec", "transistor", "none"),
-        ("draem_urd_mvtec", "carpet", "none"),
-        ("draem_urd_visa", "candle", "grabcut"),
-    ],
-)
-def test_urd_foreground_per_category(synthesis: str, category: str, method: str, tmp_path: Path) -> None:
-    cfg = compose_config(
-        ["method=rd_expert", f"synthesis={synthesis}", "data=mvtec", f"data.category={category}"], tmp_path
-    )
-    spec = cfg.data.foreground.get(category, cfg.data.foreground["default"])
-    assert spec["method"] == method
-    assert cfg.synthesis.synthesizer.clean_probability == 0.0 and cfg.synthesis.synthesizer.texture_augmenters == 0
-
-
-@pytest.mark.parametrize(
     ("data", "category", "method"),
     [
         ("mvtec", "hazelnut", "grabcut"),
+        ("mvtec", "bottle", "grabcut"),
         ("mvtec", "capsule", "otsu"),
+        ("mvtec", "screw", "otsu"),
+        ("mvtec", "transistor", "none"),
+        ("mvtec", "carpet", "none"),
         ("visa", "pcb1", "grabcut"),
+        ("visa", "candle", "grabcut"),
         ("mvtec3d", "bagel", "grabcut"),
         ("synthetic", "gelcap", "grabcut"),
         ("synthetic", "hexnut", "grabcut"),
@@ -282,12 +268,14 @@ def test_urd_foreground_per_category(synthesis: str, category: str, method: str,
 def test_expert_methods_pick_the_benchmarks_foreground_rule(
     expert_method: str, data: str, category: str | None, method: str, tmp_path: Path
 ) -> None:
-    """Without a synthesis override, the data group selects URD's foreground rule for its benchmark."""
+    """Without a synthesis override, the data group selects URD's synthesis with the foreground rule of its
+    benchmark (MVTec: GrabCut / Otsu / none per category; VisA: GrabCut everywhere)."""
     overrides = [f"method={expert_method}", f"data={data}"] + ([f"data.category={category}"] if category else [])
     cfg = compose_config(overrides, tmp_path)
     foreground = cfg.data.foreground
     rule = foreground.get(category, foreground["default"]) if category else foreground["default"]
     assert rule["method"] == method
+    assert cfg.synthesis.synthesizer.clean_probability == 0.0 and cfg.synthesis.synthesizer.texture_augmenters == 0
 
 
 def test_rdpp_preset_resolves_epochs_per_category(tmp_path: Path) -> None:

@@ -64,12 +64,10 @@ def _blur_matrix(length: int, kernel: Tensor, radius: int) -> Tensor:
 
 @dataclass(frozen=True)
 class _Band:
-    """Output rows [out0, out1) of a 1-D blur pass read only input rows [in0, in1): the block of the banded blur
-    matrix holding all their non-zero taps (the reflect boundary folds taps inward, so the window clipped to the
-    array still holds them)."""
+    """One block of output rows of a 1-D blur pass (blocks come in order) reads only input rows [in0, in1): the slice
+    of the banded blur matrix holding all their non-zero taps (the reflect boundary folds taps inward, so the window
+    clipped to the array still holds them)."""
 
-    out0: int
-    out1: int
     in0: int
     in1: int
     matrix: Tensor
@@ -81,7 +79,7 @@ def _bands(length: int, kernel: Tensor, radius: int, block: int) -> list[_Band]:
     for out0 in range(0, length, block):
         out1 = min(length, out0 + block)
         in0, in1 = max(0, out0 - radius), min(length, out1 + radius)
-        bands.append(_Band(out0, out1, in0, in1, matrix[out0:out1, in0:in1].contiguous()))
+        bands.append(_Band(in0, in1, matrix[out0:out1, in0:in1].contiguous()))
     return bands
 
 

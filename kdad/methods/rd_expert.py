@@ -105,8 +105,9 @@ def student_loss(
 START_GAP_LIMIT = 0.1
 
 
-def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -> float:
-    """Warn when the teacher does not start as a copy of the expert; returns the mean per-level 1 - cos.
+def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -> None:
+    """Warn when the teacher does not start as a copy of the expert (``t_normal``: L_T's first term, summed over
+    ``levels``).
 
     URD's teacher loss assumes T = E at the first iteration. With ``teacher_bn: train`` the teacher normalises with
     the batch's statistics instead of ImageNet's, and on batches of one category that alone moves some backbones far
@@ -114,7 +115,7 @@ def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -
     0.3-0.9 per level (0.16-0.48 even for its non-negative post-ReLU6 features; WRN50, which the recipe was tuned on,
     was not measurable here). The teacher then spends its budget undoing the shift instead of learning the mask.
     """
-    gap = float(t_normal.detach()) / max(levels, 1)
+    gap = float(t_normal.detach()) / levels
     if gap > START_GAP_LIMIT:
         warnings.warn(
             f"RD with Expert: at the first iteration the teacher (BatchNorm in {teacher_bn} mode) is already "
@@ -123,7 +124,6 @@ def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -
             "method.model.teacher_bn=eval keeps the pretrained statistics (docs/rd_expert.md, ablation).",
             stacklevel=2,
         )
-    return gap
 
 
 class ExpertTeacherStudent(nn.Module):
