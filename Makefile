@@ -7,12 +7,18 @@ STAMP := $(VENV)/.kdad-installed
 ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test test-slow lint format bench clean
+.PHONY: install lock run test test-slow lint format bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+LOCK := requirements/lock.txt
+LOCK_INPUTS := pyproject.toml requirements/pins.in
+
+# The venv holds exactly the locked versions (every package pinned with its hashes), then kdad itself, editable.
+$(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11+); set PYTHON=..."; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +44,13 @@ lint: install
 format: install
 	$(PY) -m ruff format kdad tests $(wildcard bench)
 	$(PY) -m ruff check --fix kdad tests $(wildcard bench)
+
+# Refresh the lock on purpose: newest versions that pyproject.toml's ranges and requirements/pins.in allow,
+# for Python 3.11 on Linux x86-64. Review `git diff requirements/lock.txt`, then `make test` before committing.
+lock: install
+	$(VENV)/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe --all-build-deps --strip-extras \
+		--extra dev --extra openvino --constraint requirements/pins.in --no-emit-index-url --no-emit-find-links \
+		--output-file $(LOCK) pyproject.toml
 
 clean:
 	rm -rf runs multirun .pytest_cache
