@@ -103,8 +103,11 @@ def write_mvtec_category(
     mask_suffix: str = "_mask",
     mask_value: int = 255,
     image_mode: str = "RGB",
+    with_masks: bool = True,
 ) -> Manifest:
-    """``<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>/<stem><mask_suffix>.png}``."""
+    """``<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>/<stem><mask_suffix>.png}``.
+
+    ``with_masks=False`` writes no ground_truth/ folder at all (image-level labels only)."""
     base = Path(root) / category
     manifest: Manifest = {}
     for stem in stems(n_train):
@@ -117,8 +120,9 @@ def write_mvtec_category(
         # Written in reverse order: the file system's listing order must not matter either.
         for i, stem in reversed(list(enumerate(stems(n_per_defect)))):
             box = box_for(d * n_per_defect + i, size)
-            mask_name = f"{stem}{mask_suffix}.png"
-            write_mask(base / "ground_truth" / defect / mask_name, box, size, value=mask_value)
+            mask_name = f"{stem}{mask_suffix}.png" if with_masks else None
+            if mask_name is not None:
+                write_mask(base / "ground_truth" / defect / mask_name, box, size, value=mask_value)
             path = write_image(base / "test" / defect / f"{stem}.png", size, box, mode=image_mode)
             manifest[path] = Expected(1, defect, mask_name, box)
     return manifest

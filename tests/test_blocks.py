@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 
 import numpy as np
 import pytest
+import timm
 import torch
 from scipy.ndimage import gaussian_filter
 
@@ -81,17 +83,66 @@ def test_hub_weights_offline_fail_fast_with_local_file_hint(monkeypatch: pytest.
     assert time.perf_counter() - start < 5
 
 
-def test_local_weight_file_round_trip(tmp_path, lite0: Teacher) -> None:
-    import timm
+def test_offline_teacher_loads_quietly(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture) -> None:
+    # The package file holds the classifier head (conv_head, bn2, classifier) that the feature extractor lacks;
+    # timm used to warn "Unexpected keys (...)" about it on every run.
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Teacher()
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert capfd.readouterr().err == ""
+    debug = [r.getMessage() for r in caplog.records if r.name == "kdad.blocks.weights"]
+    assert any("conv_head.weight" in message for message in debug)
 
+
+def test_local_weight_file_round_trip(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     full = timm.create_model("resnet18", pretrained=False)
     torch.nn.init.constant_(full.conv1.weight, 0.01)
     path = tmp_path / "r18.pth"
-    torch.save({"state_dict": full.state_dict()}, path)  # nested like a training checkpoint
+    torch.save({"state_dict": full.state_dict()}, path)  # nested like a training checkpoint, with fc and layer4
     teacher = Teacher(backbone="resnet18", weights=str(path), weights_cache_dir=str(tmp_path / "cache"))
     assert torch.allclose(dict(teacher.body.named_parameters())["conv1.weight"], torch.full((64, 3, 7, 7), 0.01))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     with pytest.raises(WeightsUnavailableError, match="no such file"):
         Teacher(backbone="resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda state: state.pop("layer2.0.conv1.weight"), "lacks 1 tensor.*layer2.0.conv1.weight"),
+        (lambda state: state.update({"bn1.weight": torch.ones(32)}), "wrong shape.*bn1.weight \\(32,\\) != \\(64,\\)"),
+    ],
+)
+def test_weight_file_without_a_needed_tensor_names_the_file(tmp_path, damage, expected: str) -> None:
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    damage(state)
+    path = tmp_path / "wrong.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsUnavailableError, match=expected) as info:
+        Teacher(backbone="resnet18", weights=str(path))
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "out_indices", "key"),
+    [
+        ("convnext_atto", (0, 1, 2), "stages.1.blocks.0.conv_dw.weight"),  # extractor names it stages_1...
+        ("vit_tiny_patch16_224", (1, 2, 3), "blocks.0.attn.qkv.weight"),  # ... and model.blocks.0...
+    ],
+)
+def test_weight_file_loads_into_renamed_feature_extractors(tmp_path, backbone: str, out_indices, key: str) -> None:
+    full = timm.create_model(backbone, pretrained=False)
+    torch.nn.init.constant_(full.get_parameter(key), 0.5)
+    path = tmp_path / f"{backbone}.pth"
+    torch.save(full.state_dict(), path)
+    teacher = Teacher(backbone=backbone, weights=str(path), out_indices=out_indices)
+    loaded = [
+        p for p in teacher.body.parameters() if p.shape == full.get_parameter(key).shape and bool((p == 0.5).all())
+    ]
+    assert len(loaded) == 1
 
 
 @pytest.mark.parametrize(

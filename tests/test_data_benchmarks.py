@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,33 @@ def test_mvtec_finds_samples_and_pairs_masks_by_stem(tmp_path: Path) -> None:
             assert sample.mask_path.name == f"{sample.image_path.stem}_mask.png"
     assert module.has_pixel_masks
     _check_mask_pixels(module, manifest)
+
+
+@pytest.mark.parametrize(
+    ("cls", "write", "category"),
+    [(MVTecDataModule, write_mvtec, "bottle"), (VisADataModule, write_visa_converted, "candle")],
+)
+def test_mvtec_layout_without_ground_truth_has_image_labels_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, cls: type, write, category: str
+) -> None:
+    # Users' own data in the MVTec layout often has no masks: image-level metrics, as data=folder without mask_dir.
+    manifest = write(tmp_path, with_masks=False)
+    assert not (tmp_path / category / "ground_truth").exists()
+    with caplog.at_level(logging.WARNING):
+        module = cls(str(tmp_path), category, image_size=16)
+        test = module.test_dataset
+        module.describe()
+    _check_against_manifest(test.samples, manifest)
+    assert {s.label for s in test.samples} == {0, 1} and all(s.mask_path is None for s in test.samples)
+    assert not module.has_pixel_masks and not module.describe()["has_pixel_masks"]
+    items = [test[i] for i in range(len(test))]
+    assert [int(item["label"]) for item in items] == [s.label for s in test.samples]
+    assert not any(bool(item["has_mask"]) for item in items)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert (
+        str(tmp_path / category) in warnings[0] and "no ground_truth/ folder: image-level metrics only" in warnings[0]
+    )
 
 
 def test_visa_raw_layout(tmp_path: Path) -> None:

@@ -183,6 +183,16 @@ def test_mvtec3d_defect_without_gt(tmp_path: Path) -> None:
     assert str(tmp_path / "bagel" / "test" / "hole" / "rgb" / "0001.png") in message
 
 
+def test_mvtec3d_without_any_gt_folder_is_still_an_error(tmp_path: Path) -> None:
+    # Unlike the MVTec layout, MVTec 3D-AD is only read as shipped (gt/ in every defect folder): a missing gt/
+    # is a broken extraction, not image-level data (that belongs in the MVTec layout or data=folder).
+    write_mvtec3d(tmp_path)
+    for gt in (tmp_path / "bagel" / "test").glob("*/gt"):
+        shutil.rmtree(gt)
+    message = _setup_error(MVTec3DDataModule(str(tmp_path), "bagel"))
+    assert str(tmp_path / "bagel" / "test" / "crack" / "gt") in message
+
+
 def test_mvtec3d_missing_validation_for_train_split(tmp_path: Path) -> None:
     write_mvtec3d(tmp_path)
     shutil.rmtree(tmp_path / "bagel" / "validation")

@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from kdad.blocks.weights import resolve_weights
+from kdad.blocks.weights import load_weights, resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +40,8 @@ class Teacher(nn.Module):
         self.body = timm.create_model(
             backbone, features_only=True, out_indices=tuple(out_indices), **resolved.timm_kwargs()
         )
+        if resolved.file is not None:
+            load_weights(self.body, resolved.file)
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
         mean, std = self._pretrained_stats(self.body)

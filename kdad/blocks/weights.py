@@ -13,8 +13,10 @@ A weight source is one string, set by the ``teacher.weights`` config field:
 ``none``
     Random initialisation. Only for debugging: distillation from a random teacher is meaningless.
 
-Every source except ``none`` resolves to something timm's own pretrained loader understands (the hub, or a
-local file through ``pretrained_cfg_overlay``), so classifier-shape handling stays timm's job.
+``hub`` weights are fetched and loaded by timm itself. A file (local or the package's) is loaded by
+``load_weights`` into the feature extractor after timm has built it: the file's classifier and head tensors,
+which a ``features_only`` model lacks, are left out (so timm's "Unexpected keys" warning never fires), while a
+tensor the extractor needs but the file lacks is an error naming the file, never a silent random layer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import timm
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +45,14 @@ class WeightsUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """How to build the timm model: ``pretrained`` flag plus an optional local file."""
+    """Where the weights come from: timm's hub tag (``pretrained`` without ``file``), a state-dict file, or none."""
 
     pretrained: bool
     file: Path | None = None
 
     def timm_kwargs(self) -> dict:
-        if self.file is None:
-            return {"pretrained": self.pretrained}
-        return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(self.file)}}
+        """``timm.create_model`` arguments: timm fetches hub weights; a file is applied by ``load_weights`` later."""
+        return {"pretrained": self.pretrained and self.file is None}
 
 
 def resolve_weights(backbone: str, weights: str, cache_dir: str | Path | None = None) -> ResolvedWeights:
@@ -75,7 +77,7 @@ def resolve_weights(backbone: str, weights: str, cache_dir: str | Path | None = 
             f"teacher.weights={weights!r}: no such file '{path}'. Use 'hub', 'none', "
             f"'{PACKAGE_PREFIX}efficientnet_lite0' or the path of a local state-dict file."
         )
-    return ResolvedWeights(pretrained=True, file=_unwrap_checkpoint(path, cache_dir))
+    return ResolvedWeights(pretrained=True, file=path)
 
 
 def _offline_hint(backbone: str) -> str:
@@ -129,8 +131,8 @@ def _atomic_save(state: dict, path: Path) -> Path:
     return path
 
 
-def _unwrap_checkpoint(path: Path, cache_dir: str | Path | None) -> Path:
-    """Lightning/training checkpoints nest the weights; timm wants a flat state dict."""
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The flat state dict in ``path``; Lightning/training checkpoints nest it under ``state_dict`` or ``model``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -141,9 +143,72 @@ def _unwrap_checkpoint(path: Path, cache_dir: str | Path | None) -> Path:
         raise WeightsUnavailableError(f"teacher weights file '{path}' does not hold a state dict")
     for key in ("state_dict", "model", "model_state_dict"):
         if key in state and isinstance(state[key], dict):
-            flat = {k.removeprefix("module."): v for k, v in state[key].items()}
-            return _atomic_save(flat, _weights_cache(cache_dir) / f"{path.stem}.{abs(hash(str(path)))}.flat.pth")
-    return path
+            return {k.removeprefix("module."): v for k, v in state[key].items()}
+    return state
+
+
+def _needed(key: str) -> bool:
+    # BatchNorm's step counter is not a weight; torch fills it in when a (pre-1.0 torchvision) file lacks it.
+    return not key.endswith("num_batches_tracked")
+
+
+def _file_key(key: str, state: dict) -> str | None:
+    """The name in the file's ``state`` of the feature extractor's tensor ``key``, or None if it has none.
+
+    timm's feature wrappers rename the full model's modules: FeatureGetterNet nests it under ``model.``, and
+    wrappers that flatten a top-level Sequential turn ``stages.0`` into ``stages_0``.
+    """
+    for name in dict.fromkeys((key, key.removeprefix("model."))):
+        if name in state:
+            return name
+        head, _, rest = name.partition(".")
+        for i, char in enumerate(head):
+            if char == "_" and (unflattened := f"{head[:i]}.{head[i + 1 :]}.{rest}") in state:
+                return unflattened
+    return None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load the tensors of ``path`` that ``model`` has; every tensor the model needs must be there.
+
+    Files hold whole classifiers (head conv, fc, later stages) that a ``features_only`` model lacks; those are
+    left out and reported at debug level only (timm warned about them on every run). A missing or differently
+    shaped needed tensor means the file belongs to another architecture or is incomplete, so it raises instead
+    of leaving layers randomly initialised.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    sources = {key: _file_key(key, state) for key in own}
+    _check_covers(path, state, own, sources)
+    dropped = sorted(set(state) - set(sources.values()))
+    if dropped:
+        log.debug("Not loading %d tensor(s) of %s the feature extractor lacks: %s", len(dropped), path, dropped)
+    model.load_state_dict({key: state[source] for key, source in sources.items() if source is not None})
+
+
+def _check_covers(path: Path, state: dict, own: dict[str, torch.Tensor], sources: dict[str, str | None]) -> None:
+    """Raise, naming ``path``, unless the file has every needed tensor of ``own`` with the same shape."""
+    missing = [key for key, source in sources.items() if source is None and _needed(key)]
+    if missing:
+        raise WeightsUnavailableError(
+            f"teacher weights file '{path}' lacks {len(missing)} tensor(s) the feature extractor needs "
+            f"(e.g. {', '.join(missing[:5])}): it holds weights of another architecture or is incomplete. "
+            "Give a state dict saved from this teacher.backbone (timm key names)."
+        )
+    wrong = [key for key, source in sources.items() if source is not None and not _same_shape(state[source], own[key])]
+    if wrong:
+        shapes = "; ".join(
+            f"{sources[key]} {tuple(getattr(state[sources[key]], 'shape', ()))} != {tuple(own[key].shape)}"
+            for key in wrong[:5]
+        )
+        raise WeightsUnavailableError(
+            f"teacher weights file '{path}' has {len(wrong)} tensor(s) of the wrong shape for this "
+            f"teacher.backbone ({shapes}). Give a state dict saved from the same backbone."
+        )
+
+
+def _same_shape(tensor: object, reference: torch.Tensor) -> bool:
+    return isinstance(tensor, torch.Tensor) and tensor.shape == reference.shape
 
 
 def _package_weights(name: str, backbone: str, cache_dir: str | Path | None) -> Path:

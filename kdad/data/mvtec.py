@@ -3,10 +3,14 @@
 <root>/<category>/train/good/*.png
 <root>/<category>/test/<defect>/*.png          (test/good holds the normal test images)
 <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+A category without any ground_truth/ folder (users' data often has image-level labels only) is read without
+masks: image-level metrics only, as for folder data without a mask_dir.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +25,10 @@ MVTEC_CATEGORIES = (
     "pill", "screw", "toothbrush", "transistor", "zipper",
 )  # fmt: skip
 
+log = logging.getLogger(__name__)
+
 NORMAL = "good"
+GROUND_TRUTH = "ground_truth"
 
 
 def mvtec_layout_categories(root: Path) -> list[str]:
@@ -34,33 +41,48 @@ def mvtec_layout_categories(root: Path) -> list[str]:
 def find_mvtec_samples(category_dir: Path, split: str, mask_suffixes: Sequence[str] = ("_mask",)) -> list[Sample]:
     """Samples of ``split`` ("train" or "test") of one category in the MVTec layout.
 
-    Masks are looked up by image stem + one of ``mask_suffixes`` in ground_truth/<defect>/.
+    Masks are looked up by image stem + one of ``mask_suffixes`` in ground_truth/<defect>/. Without a
+    ground_truth/ folder the category has image-level labels only and its defect images get no mask; a mask
+    missing under an existing ground_truth/ is still an error, since that is a broken extraction rather than
+    an unannotated data set.
     """
     layout = (
         f"Expected the MVTec layout: {category_dir}/train/good/*.png, {category_dir}/test/<defect>/*.png and "
-        f"{category_dir}/ground_truth/<defect>/<stem>{mask_suffixes[0]}.png."
+        f"{category_dir}/{GROUND_TRUTH}/<defect>/<stem>{mask_suffixes[0]}.png."
     )
     if split == "train":
         folder = require_dir(category_dir / "train" / NORMAL, "training folder", layout)
         return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
     if split != "test":
         raise DatasetError(f"the MVTec layout has no '{split}' split in {category_dir}; splits are train and test.")
+    return _find_test_samples(category_dir, mask_suffixes, layout)
+
+
+def _find_test_samples(category_dir: Path, mask_suffixes: Sequence[str], layout: str) -> list[Sample]:
+    """test/good and test/<defect> images, each defect image paired by stem with its mask when masks exist."""
     test_dir = require_dir(category_dir / "test", "test folder", layout)
+    ground_truth = category_dir / GROUND_TRUTH
+    annotated = ground_truth.exists()
+    if annotated:
+        require_dir(ground_truth, "mask folder", layout)
     samples: list[Sample] = []
     for defect_dir in list_subdirs(test_dir):
         images = list_images(defect_dir)
-        if defect_dir.name == NORMAL:
-            samples += [Sample(p, None, 0, NORMAL) for p in images]
-            continue
-        if not images:
-            continue
-        mask_dir = require_dir(
-            category_dir / "ground_truth" / defect_dir.name,
-            "mask folder",
-            f"The defect images in {defect_dir} need masks there. {layout}",
+        if defect_dir.name == NORMAL or not annotated:
+            label = 0 if defect_dir.name == NORMAL else 1
+            samples += [Sample(p, None, label, defect_dir.name) for p in images]
+        elif images:
+            fix = f"The defect images in {defect_dir} need masks there. {layout}"
+            mask_dir = require_dir(ground_truth / defect_dir.name, "mask folder", fix)
+            masks = index_by_stem(mask_dir)
+            samples += [Sample(p, find_mask(p, masks, mask_dir, mask_suffixes), 1, defect_dir.name) for p in images]
+    if not annotated and any(s.label == 1 for s in samples):
+        log.warning(
+            "%s: no %s/ folder: image-level metrics only (the defect images have no masks, so pixel metrics "
+            "are skipped).",
+            category_dir,
+            GROUND_TRUTH,
         )
-        masks = index_by_stem(mask_dir)
-        samples += [Sample(p, find_mask(p, masks, mask_dir, mask_suffixes), 1, defect_dir.name) for p in images]
     return samples
 
 

@@ -2,6 +2,10 @@
 
 <root>/<category>/{train,validation,test}/<label>/rgb/NNN.png
 <root>/<category>/test/<label>/gt/NNN.png      (masks, same stem as the image)
+
+Unlike the MVTec layout, a defect folder without gt/ is always an error, never image-level data: this layout
+is only the shipped benchmark's, whose archive has gt/ everywhere, so a missing one is a broken extraction.
+Own RGB data without masks belongs in the MVTec layout (no ground_truth/ folder) or data=folder.
 """
 
 from __future__ import annotations
