@@ -1,8 +1,10 @@
-"""Decoding + resizing of images and masks: the only code that reads pixel files.
+"""Decoding + resizing of images and masks for the data layer.
 
-Resizing is PIL's own (antialiased) ``Image.resize`` on the decoded image, which is exactly what
-torchvision's ``Resize`` does on PIL images in the reference implementations, so scores are comparable
-with published numbers. There is no crop.
+Image pixels are decoded by ``kdad.imaging`` (numpy + Pillow, shared with the standalone inferencer in
+``kdad.deploy``), so training, testing and deployment see the same pixels. Resizing is PIL's own
+(antialiased) ``Image.resize`` on the decoded image, which is exactly what torchvision's ``Resize`` does on
+PIL images in the reference implementations, so scores are comparable with published numbers. There is no
+crop. This module adds the data layer's errors (DatasetError) and the mask decoding.
 """
 
 from __future__ import annotations
@@ -13,15 +15,11 @@ import numpy as np
 from PIL import Image
 
 from kdad.data.errors import DatasetError
+from kdad.imaging import DECODE_ERRORS, INTERPOLATIONS, ImageReadError, open_rgb, resize_image
 
-INTERPOLATIONS: dict[str, Image.Resampling] = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
+__all__ = ["INTERPOLATIONS", "MASK_RESIZE_MODES", "check_choice", "decode_image", "decode_mask", "read_size"]
+
 MASK_RESIZE_MODES = ("nearest", "bilinear_threshold")
-
-# PIL raises these for missing, truncated, non-image and absurdly large files.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def check_choice(value: str, allowed: tuple[str, ...] | list[str], option: str) -> str:
@@ -36,34 +34,27 @@ def read_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise DatasetError(
             f"cannot read image header of {path}: {exc}. The file is missing, corrupt or not an image; "
             "re-extract it from the dataset archive or delete it."
         ) from exc
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I;16"):
-        # 16-bit grayscale (common with industrial cameras): PIL's convert would clip everything above 255
-        # to white, so scale the full 16-bit range to 8 bits instead.
-        values = np.asarray(image, dtype=np.float32) * (255.0 / 65535.0)
-        image = Image.fromarray(np.round(values).astype(np.uint8))
-    return image.convert("RGB")
-
-
 def decode_image(path: Path, size: int, interpolation: str) -> np.ndarray:
-    """RGB uint8 array [size, size, 3]; grayscale images (MVTec grid/screw/zipper) become 3-channel."""
-    resample = INTERPOLATIONS[check_choice(interpolation, tuple(INTERPOLATIONS), "interpolation")]
+    """RGB uint8 array [size, size, 3]; grayscale images (MVTec grid/screw/zipper) become 3-channel.
+
+    The conversion rules (16-bit scaling, alpha dropped) are ``kdad.imaging.to_rgb``'s.
+    """
+    check_choice(interpolation, tuple(INTERPOLATIONS), "interpolation")
     try:
-        with Image.open(path) as image:
-            rgb = _to_rgb(image)
-        return np.asarray(rgb.resize((size, size), resample), dtype=np.uint8)
-    except _DECODE_ERRORS as exc:
+        rgb = open_rgb(path)
+    except ImageReadError as exc:
         raise DatasetError(
-            f"cannot decode image {path}: {exc}. The file is corrupt or not an image; re-extract it from the "
-            "dataset archive or delete it."
+            f"cannot decode image {path}: {exc.reason}. The file is corrupt or not an image; re-extract it from "
+            "the dataset archive or delete it."
         ) from exc
+    return np.asarray(resize_image(rgb, size, interpolation), dtype=np.uint8)
 
 
 def _binary_mask(image: Image.Image) -> np.ndarray:
@@ -88,7 +79,7 @@ def decode_mask(path: Path, size: int, mode: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             binary = _binary_mask(image)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise DatasetError(
             f"cannot decode mask {path}: {exc}. The file is corrupt or not an image; re-extract it from the "
             "dataset archive or delete it."
