@@ -11,9 +11,18 @@ from kdad.metrics._curves import auroc_from_counts, average_precision_from_count
 from kdad.metrics.image import counts_per_distinct_score
 from kdad.metrics.per_image_pro import DEFAULT_FPR_LIMIT, DEFAULT_NUM_THRESHOLDS
 from kdad.metrics.pixel import PixelMetricAccumulator
+from kdad.metrics.thresholds import Thresholds, f1_optimal_threshold, thresholded_image_metrics
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro", "pixel_aupro_per_image")
+_CONFUSION = ("tp", "fp", "tn", "fn")
+#: Keys of :meth:`AnomalyMetrics.thresholded`; the pixel ones only when masks were seen.
+THRESHOLDED_IMAGE_KEYS = tuple(
+    f"image_{k}" for k in ("threshold", "precision", "recall", "fpr", "f1", "accuracy", *_CONFUSION)
+)
+THRESHOLDED_PIXEL_KEYS = tuple(
+    f"pixel_{k}" for k in ("threshold", "precision", "recall", "fpr", "f1", "iou", "accuracy", *_CONFUSION)
+)
 
 
 class AnomalyMetrics:
@@ -108,3 +117,41 @@ class AnomalyMetrics:
         if self._pixel is not None:
             out.update(self._pixel.compute())
         return out
+
+    def _all_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._scores:
+            raise ValueError("no images were added; thresholds and thresholded metrics need data")
+        return np.concatenate(self._scores), np.concatenate(self._labels)
+
+    def _pixels_seen(self) -> bool:
+        return self._pixel is not None and self._pixel.n_pixels > 0
+
+    def thresholded(self, image_threshold: float, pixel_threshold: float | None = None) -> dict[str, float | int]:
+        """Figures of the decisions ``score > threshold`` (keys :data:`THRESHOLDED_IMAGE_KEYS`, and
+        :data:`THRESHOLDED_PIXEL_KEYS` when ``pixel_threshold`` is given and masks were seen).
+
+        Image figures are exact (:func:`kdad.metrics.thresholds.thresholded_image_metrics`). Pixel figures
+        pool all pixels of all images into one confusion table and come from the histograms, exact to
+        one bin width (:func:`kdad.metrics.thresholds.thresholded_pixel_metrics`); ``pixel_f1`` is the
+        segmentation F1 MVTec AD 2 reports. Raises ``ValueError`` before any image was added.
+        """
+        scores, labels = self._all_scores()
+        image = thresholded_image_metrics(scores, labels, image_threshold)
+        out: dict[str, float | int] = {"image_threshold": float(image_threshold)}
+        out.update({f"image_{k}": v for k, v in image.items()})
+        if pixel_threshold is not None and self._pixel is not None and self._pixels_seen():
+            out["pixel_threshold"] = float(pixel_threshold)
+            out.update(self._pixel.thresholded(pixel_threshold))
+        return out
+
+    def f1_thresholds(self, policy: str = "f1_test") -> Thresholds:
+        """F1-optimal image threshold (exact) and, when masks were seen, pixel threshold (one bin width).
+
+        ``policy`` names the data this object saw: ``"f1_test"`` (benchmark only, recorded as optimistic)
+        or ``"f1_val"`` (a labelled validation set). Raises ``ValueError`` when the images, or the pooled
+        pixels, lack a class.
+        """
+        scores, labels = self._all_scores()
+        image = f1_optimal_threshold(scores, labels, policy=policy)
+        pixel = self._pixel.f1_threshold(policy) if self._pixel is not None and self._pixels_seen() else None
+        return Thresholds(image, pixel)

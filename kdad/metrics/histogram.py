@@ -144,6 +144,29 @@ class GrowingHistogram:
         if weighted_scores is not None and weighted_scores.size:
             self.weights += np.bincount(self.local_index(weighted_scores), weights=weights, minlength=self.n_bins)
 
+    def edge(self, local: int) -> float:
+        """Lower edge of local bin ``local`` (``local == n`` gives the upper edge of bin ``n - 1``)."""
+        assert self.exponent is not None
+        return math.ldexp(float(self.origin + local), self.exponent)
+
+    def counts_above(self, threshold: float) -> np.ndarray:
+        """Per-channel count of samples in the bins after the one that holds ``threshold``.
+
+        Every such sample is ``> threshold``; missed are only samples ``> threshold`` inside that same bin.
+        So the result is the exact count of samples ``> t'`` for some ``t'`` in ``[threshold, threshold +
+        bin_width)``, and exactly the count ``> threshold`` when no sample shares its bin and exceeds it:
+        in particular below the minimum, at or above the maximum, and one ulp below a bin edge.
+        """
+        if self.exponent is None or threshold >= self.max:
+            return np.zeros(self.n_channels, dtype=np.int64)
+        if threshold < self.min:
+            return self.counts.sum(axis=1)
+        local = int(self.local_index(np.array([threshold], dtype=np.float64))[0])
+        # A tiny negative threshold can underflow to -0.0 when rescaled and land one bin too high.
+        if threshold < self.edge(local):
+            local -= 1
+        return self.counts[:, local + 1 : self._occupied_stop()].sum(axis=1)
+
     def occupied(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lower bin edges, counts ``[n_channels, k]``, weights ``[k]``) for the bins that can hold data,
         in ascending score order."""

@@ -14,6 +14,7 @@ from kdad.metrics._curves import (
 from kdad.metrics.components import label_components
 from kdad.metrics.histogram import GrowingHistogram
 from kdad.metrics.per_image_pro import DEFAULT_FPR_LIMIT, DEFAULT_NUM_THRESHOLDS, PerImageAuproAccumulator
+from kdad.metrics.thresholds import ThresholdEstimate, pixel_f1_threshold, thresholded_pixel_metrics
 
 _NORMAL, _ANOMALOUS = 0, 1
 
@@ -65,6 +66,12 @@ class PixelMetricAccumulator:
         self._hist.reset()
         self._per_image.reset()
         self._n_components = 0
+        self._n_images = 0
+
+    @property
+    def n_pixels(self) -> int:
+        """Pixels added so far (all images pooled)."""
+        return int(self._hist.counts.sum())
 
     @property
     def bin_width(self) -> float:
@@ -98,6 +105,7 @@ class PixelMetricAccumulator:
         weights = 1.0 / comps.sizes[comps.labels.reshape(-1)[flat_anom]]
         self._hist.add(flat_scores, flat_anom, anom_scores, weights)
         self._n_components += comps.n_components
+        self._n_images += scores.shape[0]
         self._per_image._update_arrays(scores, anomalous, comps)
 
     def compute(self) -> dict[str, float]:
@@ -111,3 +119,13 @@ class PixelMetricAccumulator:
             "pixel_aupro": aupro_from_counts(neg, pro_mass, self._n_components, self.aupro_limit),
             "pixel_aupro_per_image": self._per_image.compute(),
         }
+
+    def thresholded(self, threshold: float) -> dict[str, float | int]:
+        """``pixel_precision, pixel_recall, pixel_fpr, pixel_f1, pixel_iou, pixel_accuracy`` and the counts
+        ``pixel_tp, pixel_fp, pixel_tn, pixel_fn`` of the masks ``score > threshold``, all pixels pooled;
+        see :func:`kdad.metrics.thresholds.thresholded_pixel_metrics` (exact to one bin width)."""
+        return {f"pixel_{k}": v for k, v in thresholded_pixel_metrics(self._hist, threshold).items()}
+
+    def f1_threshold(self, policy: str = "f1_test") -> ThresholdEstimate:
+        """F1-optimal pixel threshold over the pooled pixels; see :func:`kdad.metrics.thresholds.pixel_f1_threshold`."""
+        return pixel_f1_threshold(self._hist, policy=policy, n_images=self._n_images)
