@@ -14,21 +14,21 @@ import torch.nn.functional as F
 from fixtures import write_mvtec
 from helpers import compose_config
 
-from kdad.blocks.aand_losses import (
-    amplification_loss,
-    binary_focal_loss,
-    hard_cosine_loss,
-    hard_knowledge_distillation_loss,
-)
-from kdad.blocks.amplification import (
+from kdad.blocks.losses import global_cosine_loss
+from kdad.compare import run_comparison
+from kdad.methods.aand import AANDModule, multistep_at_fractions
+from kdad.methods.aand.amplification import (
     ResidualAnomalyAmplification,
     ResidualAnomalyAmplifier,
     level_mask,
     sinusoidal_position_encoding,
 )
-from kdad.blocks.losses import global_cosine_loss
-from kdad.compare import run_comparison
-from kdad.methods.aand import TwoStageModule, multistep_at_fractions
+from kdad.methods.aand.losses import (
+    amplification_loss,
+    binary_focal_loss,
+    hard_cosine_loss,
+    hard_knowledge_distillation_loss,
+)
 from kdad.report import find_runs
 from kdad.run import run
 
@@ -249,7 +249,7 @@ def test_paper_presets_compose_with_consistent_schedules(benchmark: str, tmp_pat
 def test_model_forward_reports_the_stage1_map_and_refuses_batches_without_synthesis(tmp_path: Path) -> None:
     cfg = compose_config(["method=aand"], tmp_path)
     module = hydra.utils.instantiate(cfg.method)
-    assert isinstance(module, TwoStageModule)
+    assert isinstance(module, AANDModule)
     model = module.model.eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
@@ -258,7 +258,7 @@ def test_model_forward_reports_the_stage1_map_and_refuses_batches_without_synthe
     with pytest.raises(ValueError, match="image_aug"):
         model.stage1_loss({"image": torch.randn(2, 3, 64, 64)})
     with pytest.raises(ValueError, match="stage1_ckpt"):
-        TwoStageModule(model, optimizer=torch.optim.Adam, stage1_epochs=0)
+        AANDModule(model, optimizer=torch.optim.Adam, stage1_epochs=0)
     trainable = {id(p) for p in model.trainable_parameters()}
     assert not any(id(p) in trainable for p in model.teacher.parameters())
     assert {id(p) for p in model.stage_parameters(1)}.isdisjoint({id(p) for p in model.stage_parameters(2)})

@@ -13,8 +13,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from kdad.blocks.anomaly_map import AnomalyMapHead, GaussianBlur, cosine_distance, fuse_scales, image_score
+from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
-from kdad.blocks.fusion import OneClassBottleneck
 from kdad.blocks.losses import distillation_loss, global_cosine_loss, pixel_cosine_loss, stfpm_loss
 from kdad.blocks.teacher import Teacher
 from kdad.blocks.weights import WeightsUnavailableError, convert_efficientnet_lite0

@@ -13,10 +13,10 @@ from helpers import compose_config
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import fuse_scales
-from kdad.blocks.students import RunningLevelMean, fuse_students
 from kdad.blocks.teacher import Teacher
 from kdad.methods.base import AnomalyModule
-from kdad.methods.dskd import DISTANCES, DualStudentDistillation
+from kdad.methods.dskd.model import DISTANCES, DualStudentDistillation
+from kdad.methods.dskd.students import RunningLevelMean, fuse_students
 from kdad.run import run
 
 

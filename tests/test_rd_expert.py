@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from helpers import compose_config
 
-from kdad.blocks.injection import GuidedInjection, InjectedDecoder
 from kdad.blocks.teacher import Teacher
-from kdad.methods.rd_expert import ExpertModule, ExpertTeacherStudent, level_masks, student_loss, teacher_loss
+from kdad.methods.rd_expert import RDExpertModule
+from kdad.methods.rd_expert.injection import GuidedInjection, InjectedDecoder
+from kdad.methods.rd_expert.model import ReverseDistillationExpert, level_masks, student_loss, teacher_loss
 from kdad.run import run
 
 SMALL = ["data.image_size=64", "logger=none", "data.category=leatherette", "data.batch_size=25"]
@@ -138,15 +139,15 @@ def test_teacher_loss_drives_distance_to_one_inside_mask_and_zero_outside() -> N
 def test_stages_update_teacher_then_student(method: str, teacher_bn: str, tmp_path: Path) -> None:
     cfg = compose_config([f"method={method}", f"method.model.teacher_bn={teacher_bn}"], tmp_path)
     module = hydra.utils.instantiate(cfg.method)
-    model: ExpertTeacherStudent = module.model
-    assert isinstance(module, ExpertModule) and model.expert is not None and model.expert.frozen
+    model: ReverseDistillationExpert = module.model
+    assert isinstance(module, RDExpertModule) and model.expert is not None and model.expert.frozen
     assert (model.projection is not None) == (method == "rdpp_expert")
     groups = model.parameter_groups()
     model.train()
     image = torch.randn(2, 3, 64, 64)
     mask = torch.zeros(2, 1, 64, 64)
     mask[..., 20:40, 20:40] = 1
-    stages = model.training_stages({"image": image, "image_aug": image + mask, "mask_aug": mask})
+    stages = model.optimizer_steps({"image": image, "image_aug": image + mask, "mask_aug": mask})
 
     stage = next(stages)
     assert stage.optimizers == ("teacher",)
@@ -176,14 +177,14 @@ def test_warns_once_when_the_teacher_does_not_start_as_the_expert(teacher_bn: st
     """Batches of one near-uniform 'category': their statistics are far from ImageNet's, so a teacher normalising with
     them (teacher_bn=train) does not start as a copy of the expert; with the pretrained statistics it does, exactly."""
     cfg = compose_config(["method=rd_expert", f"method.model.teacher_bn={teacher_bn}"], tmp_path)
-    model: ExpertTeacherStudent = hydra.utils.instantiate(cfg.method).model
+    model: ReverseDistillationExpert = hydra.utils.instantiate(cfg.method).model
     model.train()
     image = 0.3 + 0.05 * torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     batch = {"image": image, "image_aug": image, "mask_aug": torch.zeros(8, 1, 64, 64)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = next(model.training_stages(batch))
-        next(model.training_stages(batch))  # only the first iteration is checked
+        first = next(model.optimizer_steps(batch))
+        next(model.optimizer_steps(batch))  # only the first iteration is checked
     gap_warnings = [w for w in caught if "from the expert on normal images" in str(w.message)]
     levels = len(model.teacher.channels)
     if teacher_bn == "train":

@@ -16,8 +16,8 @@ from kdad.blocks.projection import (
     reconstruction_loss,
     sinkhorn_divergence,
 )
-from kdad.methods.rdpp import ReverseDistillationPP
-from kdad.methods.staged import StagedModule
+from kdad.methods.multi_optimizer import MultiOptimizerModule
+from kdad.methods.rdpp.model import ReverseDistillationPP
 from kdad.run import run
 
 SMALL = ["data.image_size=64", "logger=none", "data.category=leatherette"]
@@ -116,7 +116,7 @@ def test_rdpp_batches_carry_image_aug_pairs(tmp_path: Path) -> None:
 def test_rdpp_config_builds_two_optimisers(tmp_path: Path) -> None:
     cfg = compose_config(["method=rdpp"], tmp_path)
     module = hydra.utils.instantiate(cfg.method)
-    assert isinstance(module, StagedModule) and isinstance(module.model, ReverseDistillationPP)
+    assert isinstance(module, MultiOptimizerModule) and isinstance(module.model, ReverseDistillationPP)
     assert not module.automatic_optimization and module.accumulate_grad_batches == 2
     projection, student = module.configure_optimizers()
     assert projection.defaults["lr"] == 0.001 and student.defaults["lr"] == 0.005

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 
 from kdad.data.errors import DatasetError
 from kdad.methods.base import AnomalyModule, NonFiniteLossError
-from kdad.run import run
+from kdad.run import RunFolderError, run
 
 METHODS = ["rd", "stfpm"]
 DATA = ["synthetic", "mvtec", "visa", "mvtec3d", "folder"]
@@ -132,16 +132,38 @@ def test_best_on_test_policy_is_labelled(mvtec_root: Path, tmp_path: Path) -> No
     assert "optimistic" in summary["checkpoint_note"]
 
 
-def test_rerun_of_unfinished_run_resumes_from_last_checkpoint(mvtec_root: Path, tmp_path: Path, caplog) -> None:
-    cfg = compose_config([*_mvtec(mvtec_root), *SMALL], tmp_path)
-    run(cfg)
+class _StopAfterFirstEpoch(Callback):
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+def test_rerun_of_unfinished_run_resumes_from_last_checkpoint(
+    mvtec_root: Path, tmp_path: Path, caplog, capsys, monkeypatch
+) -> None:
+    import kdad.run as run_module
+
+    cfg = compose_config([*_mvtec(mvtec_root), *SMALL, "trainer.max_epochs=2"], tmp_path)
+    build = run_module.build_callbacks
+    with monkeypatch.context() as stopped:  # a job that stopped after epoch 0 (not a config change)
+        stopped.setattr(run_module, "build_callbacks", lambda c: [*build(c), _StopAfterFirstEpoch()])
+        run(cfg)
     run_dir = Path(cfg.run_dir)
     (run_dir / "metrics.json").unlink()  # as if the job died before testing
-    longer = compose_config([*_mvtec(mvtec_root), *SMALL, "trainer.max_epochs=2"], tmp_path)
+    # Resuming is for the configuration the run was started with only.
+    with pytest.raises(RunFolderError, match=r"unfinished run .*\n  trainer.max_epochs: 2 -> 3\n"):
+        run(compose_config([*_mvtec(mvtec_root), *SMALL, "trainer.max_epochs=3"], tmp_path))
+    # The results come after the logger's shutdown output: a run ends with table, checkpoint policy, run folder.
+    offline = tmp_path / "wandb/offline-run-1"
+    monkeypatch.setattr(run_module, "finish_wandb", lambda: print("LOGGER SHUTDOWN") or offline)
+    capsys.readouterr()
     with caplog.at_level("INFO", logger="kdad"):
-        summary = run(longer)
+        summary = run(cfg)
     assert any("Resuming training from" in r.message for r in caplog.records)
     assert summary["epochs_trained"] == 2
+    out = capsys.readouterr().out
+    assert out.index("LOGGER SHUTDOWN") < out.index(f"W&B offline run: {offline}") < out.index("### rd on mvtec/bottle")
+    lines = out.strip().splitlines()
+    assert lines[-2].startswith("checkpoint policy: last (") and lines[-1] == f"run folder: {run_dir}"
 
 
 def test_interrupted_training_resumes(mvtec_root: Path, tmp_path: Path) -> None:
@@ -177,12 +199,17 @@ def test_interrupted_training_resumes(mvtec_root: Path, tmp_path: Path) -> None:
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_trained"] == 2
 
 
-def test_wandb_offline_run_holds_summary_and_media(mvtec_root: Path, tmp_path: Path, monkeypatch) -> None:
+def test_wandb_offline_run_holds_summary_and_media(mvtec_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_SILENT", raising=False)  # kdad.loggers silences W&B offline itself
     cfg = compose_config([*_mvtec(mvtec_root), *[s for s in SMALL if s != "logger=csv"], "logger=wandb"], tmp_path)
     run(cfg)
     offline = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
+    printed = capsys.readouterr()
+    assert f"W&B offline run: {offline[0]} (upload it with `wandb sync {offline[0]}`)" in printed.out
+    assert "wandb:" not in printed.out + printed.err  # no banners, no end-of-run summary
+    assert printed.out.strip().splitlines()[-1] == f"run folder: {cfg.run_dir}"
     # Offline runs keep their summary in the run's transaction log until `wandb sync`.
     log = next(offline[0].glob("*.wandb")).read_bytes()
     assert b"test/image_auroc" in log and b"checkpoint_policy" in log

@@ -57,6 +57,18 @@ class OverlaySample:
     record: TestRecord
 
 
+def pseudo_anomalies(batch: dict) -> tuple[Tensor, Tensor]:
+    """The batch's synthetic pair (``image_aug`` [B,3,H,W], ``mask_aug`` [B,1,H,W]).
+
+    Batches without synthesis (e.g. the normal-only validation split of ``checkpoint=val_loss``) count as clean
+    pairs: the image itself with an empty mask, which is what the synthesis returns when it draws no anomaly.
+    """
+    if "image_aug" in batch:
+        return batch["image_aug"], batch["mask_aug"]
+    image = batch["image"]
+    return image, image.new_zeros((image.shape[0], 1, *image.shape[-2:]))
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/inf; raised before the optimiser step so saved checkpoints stay clean."""
 

@@ -1,8 +1,8 @@
 """Manual optimisation for methods with several optimisers (RD++, RD with Expert).
 
-Lightning 2 supports several optimisers only with manual optimisation. :class:`StagedModule` is the
-:class:`~kdad.methods.base.AnomalyModule` for such methods: the model yields :class:`Stage` objects from
-``training_stages(batch)`` (a generator); for each, the module back-propagates its loss and steps the optimisers it
+Lightning 2 supports several optimisers only with manual optimisation. :class:`MultiOptimizerModule` is the
+:class:`~kdad.methods.base.AnomalyModule` for such methods: the model yields :class:`OptimizerStep` objects from
+``optimizer_steps(batch)`` (a generator); for each, the module back-propagates its loss and steps the optimisers it
 names, then resumes the generator, so a model can recompute features after an update (RD with Expert's per-iteration
 order: teacher step, then student step on the updated teacher). Everything else (test path, checkpoints, finite-loss
 guard) is the shared module's.
@@ -33,7 +33,7 @@ from kdad.methods.base import AnomalyModule
 
 
 @dataclass
-class Stage:
+class OptimizerStep:
     """One backward pass: ``loss`` is back-propagated, then ``optimizers`` (names) step; ``logs`` are logged."""
 
     optimizers: tuple[str, ...]
@@ -41,21 +41,21 @@ class Stage:
     logs: dict[str, Tensor] = field(default_factory=dict)
 
 
-class StagedModel(Protocol):
+class MultiOptimizerModel(Protocol):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]: ...
 
-    def training_stages(self, batch: dict) -> Iterator[Stage]: ...
+    def optimizer_steps(self, batch: dict) -> Iterator[OptimizerStep]: ...
 
 
 def _no_closure() -> None:
     return None
 
 
-class StagedModule(AnomalyModule):
+class MultiOptimizerModule(AnomalyModule):
     """AnomalyModule with one optimiser per parameter group of the model, stepped stage by stage.
 
     Args:
-        model: a method with ``parameter_groups()`` and ``training_stages(batch)`` (plus the usual ``loss``,
+        model: a method with ``parameter_groups()`` and ``optimizer_steps(batch)`` (plus the usual ``loss``,
             ``forward`` and ``trainable_parameters``).
         optimizers: group name -> partial optimiser (``_partial_`` config), one per parameter group.
         accumulate_grad_batches: step every this many batches (gradients summed in between).
@@ -109,7 +109,7 @@ class StagedModule(AnomalyModule):
         counted = False
         logs: dict[str, Tensor] = {}
         total = None
-        for stage in self.model.training_stages(batch):
+        for stage in self.model.optimizer_steps(batch):
             self._check_finite({"loss": stage.loss, **stage.logs})
             self.manual_backward(stage.loss)
             if update:
@@ -118,7 +118,7 @@ class StagedModule(AnomalyModule):
                     counted = True
             logs.update({k: v.detach() for k, v in stage.logs.items()})
             total = stage.loss.detach() if total is None else total + stage.loss.detach()
-        assert total is not None, f"{self.name}: training_stages yielded nothing"
+        assert total is not None, f"{self.name}: optimizer_steps yielded nothing"
         logs["loss"] = total
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=batch["image"].shape[0])
         return total

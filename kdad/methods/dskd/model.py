@@ -11,8 +11,8 @@ image score from the map.
 kdad's reading, composed from the shared blocks:
 
 * ``Se``: the teacher's architecture with random weights, fed the image (STFPM's student,
-  ``kdad.blocks.students.encoder_student``); its three taps are matched to the teacher's (forward pyramid).
-* ``DF``: RD's one-class bottleneck (``kdad.blocks.fusion.OneClassBottleneck``) applied to Se's three taps:
+  ``kdad.methods.dskd.students.encoder_student``); its three taps are matched to the teacher's (forward pyramid).
+* ``DF``: RD's one-class bottleneck (``kdad.blocks.bottleneck.OneClassBottleneck``) applied to Se's three taps:
   strided convs to the deepest scale, concatenation, residual units with one more downsampling.
 * ``Sd``: the mirrored decoder (``kdad.blocks.decoder.MirroredDecoder``) from the DF code back to the three
   scales, matched to the teacher's (reverse pyramid, as RD). With basic blocks (2, 2, 2) it is ResNet18's
@@ -38,12 +38,12 @@ import torch
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import AnomalyMapHead, cosine_distance, fuse_scales
+from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
-from kdad.blocks.fusion import OneClassBottleneck
 from kdad.blocks.losses import global_cosine_loss, pixel_cosine_loss, stfpm_loss
-from kdad.blocks.students import RunningLevelMean, encoder_student, fuse_students
 from kdad.blocks.teacher import Teacher
 from kdad.methods.base import AnomalyOutput
+from kdad.methods.dskd.students import RunningLevelMean, encoder_student, fuse_students
 
 STUDENTS = ("both", "se", "sd")
 MAP_NORMS = ("none", "student", "level")

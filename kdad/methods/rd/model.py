@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import AnomalyMapHead
+from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
-from kdad.blocks.fusion import OneClassBottleneck
 from kdad.blocks.teacher import Teacher
 from kdad.methods.distillation import FeatureDistillation
 

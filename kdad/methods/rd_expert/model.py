@@ -7,7 +7,7 @@ Three networks (faithful to the released code):
 * teacher T: a second copy of the same pretrained backbone, **fully trainable** (Adam 1e-4, betas (0.5, 0.999)),
   BatchNorm in train mode while it is updated, so its running statistics drift on normal + synthetic images;
 * student S: RD's OCBE + mirrored decoder with Guided Information Injection from T's features
-  (:class:`~kdad.blocks.injection.InjectedDecoder`), Adam 0.005, betas (0.5, 0.999); every ``nn.Conv2d`` /
+  (:class:`~kdad.methods.rd_expert.injection.InjectedDecoder`), Adam 0.005, betas (0.5, 0.999); every ``nn.Conv2d`` /
   ``nn.Linear`` of the student re-initialised Xavier-normal as in the code (the decoder's transposed convolutions
   keep kdad's shared decoder init, Kaiming; URD's keep PyTorch's default: a kdad simplification).
 
@@ -19,7 +19,7 @@ Losses (released version, after the 2025-01-21 commits; M = synthetic mask, bili
 * ``L_S = sum_k [ 1 - cos_g(S_k(T(x)), T_k(x)) + 1 - cos_g(S_k(T(x~)), T_k(x)) + 1 - cos_g(S_k(T(x)), E_k(x))
   + 1 - cos_g(S_k(T(x~)), E_k(x)) ]``
 
-Per iteration (``training_stages``): E(x), E(x~) without gradient; T in train mode -> L_T -> step T; T in eval mode,
+Per iteration (``optimizer_steps``): E(x), E(x~) without gradient; T in train mode -> L_T -> step T; T in eval mode,
 T(x), T(x~) recomputed without gradient; S on both -> L_S -> step S. Each of T(x), T(x~), S(.) is its own forward
 pass (its own BatchNorm batch statistics), as in the code. Inference uses T and S only: map = sum over levels of
 upsampled 1 - cos_p(S_k, T_k), Gaussian sigma 4, image score = max (RD's head).
@@ -43,21 +43,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import AnomalyMapHead
-from kdad.blocks.fusion import OneClassBottleneck
-from kdad.blocks.injection import InjectedDecoder
+from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.losses import global_cosine_loss, pixel_cosine_loss
 from kdad.blocks.projection import MultiProjection, ProjectionLoss
 from kdad.blocks.teacher import Teacher
-from kdad.methods.base import AnomalyOutput
-from kdad.methods.rdpp import pseudo_anomalies
-from kdad.methods.staged import Stage, StagedModule
+from kdad.methods.base import AnomalyOutput, pseudo_anomalies
+from kdad.methods.multi_optimizer import OptimizerStep
+from kdad.methods.rd_expert.injection import InjectedDecoder
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -126,7 +124,7 @@ def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -
         )
 
 
-class ExpertTeacherStudent(nn.Module):
+class ReverseDistillationExpert(nn.Module):
     """Expert-teacher-student reverse distillation (``method=rd_expert``; with projection: ``rdpp_expert``).
 
     Args:
@@ -181,7 +179,7 @@ class ExpertTeacherStudent(nn.Module):
         self.gii = gii
         self.teacher_bn = teacher_bn
         self.anomaly_map = anomaly_map or AnomalyMapHead()
-        # Checked on the first training iteration only (ExpertModule turns it off when a run resumes).
+        # Checked on the first training iteration only (RDExpertModule turns it off when a run resumes).
         self.check_start_gap = True
 
     # ------------------------------------------------------------ parameters
@@ -225,7 +223,7 @@ class ExpertTeacherStudent(nn.Module):
         proj = self.projection_loss(teacher_aug, projected_aug, projected)
         return parts["student"] + self.projection_weight * proj["proj"], {**parts, **proj}
 
-    def training_stages(self, batch: dict) -> Iterator[Stage]:
+    def optimizer_steps(self, batch: dict) -> Iterator[OptimizerStep]:
         """One URD iteration: teacher stage (step T), then student stage on the updated teacher (step S)."""
         image = batch["image"]
         image_aug, mask = pseudo_anomalies(batch)
@@ -236,14 +234,14 @@ class ExpertTeacherStudent(nn.Module):
         if self.check_start_gap:
             self.check_start_gap = False
             warn_if_teacher_starts_far(t_parts["t_normal"], len(expert), self.teacher_bn)
-        yield Stage(("teacher",), t_parts["teacher"], t_parts)
+        yield OptimizerStep(("teacher",), t_parts["teacher"], t_parts)
 
         self.teacher.eval()
         with torch.no_grad():
             teacher, teacher_aug = self.teacher(image), self.teacher(image_aug)
         loss, s_parts = self._student_parts(teacher, teacher_aug, expert)
         optimizers = ("projection", "student") if self.projection is not None else ("student",)
-        yield Stage(optimizers, loss, s_parts)
+        yield OptimizerStep(optimizers, loss, s_parts)
 
     def loss(self, batch: dict) -> dict[str, Tensor]:
         """Both losses on one batch without any update or mode switch (used for ``checkpoint=val_loss``)."""
@@ -264,23 +262,3 @@ class ExpertTeacherStudent(nn.Module):
         teacher, student = self.features(images)
         score, anomaly_map = self.anomaly_map(teacher, student, tuple(images.shape[-2:]))
         return AnomalyOutput(score=score, anomaly_map=anomaly_map)
-
-
-class ExpertModule(StagedModule):
-    """:class:`StagedModule` whose checkpoints also load into an inference-only model (``expert=None``)."""
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self.model.check_start_gap = self.global_step == 0
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        frozen = checkpoint.get("kdad", {}).get("frozen", {})
-        for prefix in [p for p in frozen if not self._has_submodule(p[:-1])]:
-            del frozen[prefix]  # e.g. the expert: not stored, and not built for inference
-        super().on_load_checkpoint(checkpoint)
-
-    def _has_submodule(self, name: str) -> bool:
-        try:
-            return self.get_submodule(name) is not None
-        except AttributeError:
-            return False

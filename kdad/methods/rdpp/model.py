@@ -10,9 +10,9 @@ RD plus a trainable multi-projection layer P on the frozen teacher's features an
   paper's intent (see the block's docstring);
 * two Adam optimisers, betas (0.5, 0.999): projection lr 0.001, OCBE + decoder lr 0.005; gradients of 2 batches are
   summed before each step (the released loop after its Dec 2023 fix). Both live in ``conf/method/rdpp.yaml`` and run
-  through :class:`~kdad.methods.staged.StagedModule`.
+  through :class:`~kdad.methods.multi_optimizer.MultiOptimizerModule`.
 
-Everything else (OCBE, decoder, map head) is RD's, reused from :class:`~kdad.methods.rd.ReverseDistillation`.
+Everything else (OCBE, decoder, map head) is RD's, reused from :class:`~kdad.methods.rd.model.ReverseDistillation`.
 """
 
 from __future__ import annotations
@@ -24,20 +24,9 @@ from torch import Tensor, nn
 from kdad.blocks.losses import distillation_loss
 from kdad.blocks.projection import MultiProjection, ProjectionLoss
 from kdad.blocks.teacher import Teacher
-from kdad.methods.rd import ReverseDistillation
-from kdad.methods.staged import Stage
-
-
-def pseudo_anomalies(batch: dict) -> tuple[Tensor, Tensor]:
-    """The batch's synthetic pair (``image_aug`` [B,3,H,W], ``mask_aug`` [B,1,H,W]).
-
-    Batches without synthesis (e.g. the normal-only validation split of ``checkpoint=val_loss``) count as clean
-    pairs: the image itself with an empty mask, which is what the synthesis returns when it draws no anomaly.
-    """
-    if "image_aug" in batch:
-        return batch["image_aug"], batch["mask_aug"]
-    image = batch["image"]
-    return image, image.new_zeros((image.shape[0], 1, *image.shape[-2:]))
+from kdad.methods.base import pseudo_anomalies
+from kdad.methods.multi_optimizer import OptimizerStep
+from kdad.methods.rd.model import ReverseDistillation
 
 
 class ReverseDistillationPP(ReverseDistillation):
@@ -89,6 +78,6 @@ class ReverseDistillationPP(ReverseDistillation):
         total = distill + self.projection_weight * parts["proj"]
         return {"loss": total, "distill": distill, **parts}
 
-    def training_stages(self, batch: dict) -> Iterator[Stage]:
+    def optimizer_steps(self, batch: dict) -> Iterator[OptimizerStep]:
         parts = self.loss(batch)
-        yield Stage(("projection", "student"), parts.pop("loss"), parts)
+        yield OptimizerStep(("projection", "student"), parts.pop("loss"), parts)
