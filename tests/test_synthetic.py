@@ -328,10 +328,16 @@ def test_verify_reports_drift_and_changed_files(
     assert capsys.readouterr().out.count(": ok (fingerprint") == 2
 
     base = tmp_path / BenchmarkParams(**SMALL).folder_name()
+    folder = base / "tablet"
     with monkeypatch.context() as patched:
         _drifted_sensor(patched)
-        problems = synthetic.verify_category(base / "tablet", BenchmarkParams(**SMALL))
-    assert len(problems) == 2 and "draw different pixels" in problems[0] and f"delete {base / 'tablet'}" in problems[1]
+        problems = synthetic.verify_category(folder, BenchmarkParams(**SMALL))
+        assert f"{folder}: this kdad draws different pixels with the same numpy" in problems[0]
+        patched.setattr(synthetic, "dependency_versions", lambda: {"numpy": "1.26.4", "opencv": "5.1.0"})
+        problems = synthetic.verify_category(folder, BenchmarkParams(**SMALL))
+    assert len(problems) == 2 and f"{folder}: generated with numpy {np.__version__}" in problems[0]
+    assert "the installed numpy 1.26.4, opencv 5.1.0 draw different pixels" in problems[0]
+    assert f"delete {folder}" in problems[1]
 
     damaged = base / "bolt" / "test" / "good" / "000.png"
     Image.fromarray(255 - np.asarray(Image.open(damaged))).save(damaged)

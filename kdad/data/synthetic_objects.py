@@ -128,8 +128,11 @@ class Part(Category):
         if defect is None:
             return self._compose(background, view, self.draw(p)), np.zeros((size, size), bool)
         draw_defect = getattr(self, f"_{defect}")
-        layer, mask = place_defect(view, size, lambda: draw_defect(rng, p))
-        return self._compose(background, view, layer), mask
+
+        def compose(layer: Layer) -> np.ndarray:
+            return self._compose(background, view, layer)
+
+        return place_defect(view, size, lambda: draw_defect(rng, p), compose, lambda: compose(self.draw(p)))
 
     def background(self, rng: Rng, size: int) -> np.ndarray:
         """A matte surface with faint, large-scale unevenness and fine grain."""

@@ -208,6 +208,14 @@ class View:
         border = cv2.BORDER_REFLECT_101 if self.mirror else cv2.BORDER_CONSTANT
         return cv2.warpAffine(layer, self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=border)
 
+    def mask(self, alpha: np.ndarray) -> np.ndarray:
+        """The output-space bool mask of a canvas coverage: warped like the pixels, then its 0.5 level set."""
+        return self.warp(alpha.astype(np.float32)) >= 0.5
+
+    def to_output(self, point: np.ndarray) -> np.ndarray:
+        """Where a canvas point lands in the output image."""
+        return self.matrix[:, :2] @ np.asarray(point, np.float64) + self.matrix[:, 2]
+
     def to_canvas(self, point: np.ndarray) -> np.ndarray:
         inverse = cv2.invertAffineTransform(self.matrix)
         return inverse[:, :2] @ np.asarray(point, np.float64) + inverse[:, 2]

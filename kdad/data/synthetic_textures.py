@@ -81,8 +81,7 @@ class Texture(Category):
             centre = view.to_canvas(rng.uniform(0.12, 0.88, 2) * (size - 1))
             return draw_defect(rng, p, clean, centre)
 
-        img, mask = place_defect(view, size, attempt)
-        return view.warp(img), mask
+        return place_defect(view, size, attempt, view.warp, lambda: view.warp(clean))
 
 
 # ================================================================================================ weave
