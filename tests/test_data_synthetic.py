@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kdad.data import DatasetError, SyntheticDataModule
-from kdad.data.synthetic import SYNTHETIC_CATEGORIES, SYNTHETIC_DEFECTS
+from kdad.data.embedded import SYNTHETIC_CATEGORIES, SYNTHETIC_DEFECTS
 
 
 def _module(root: Path, category: str = "weave", **kwargs: object) -> SyntheticDataModule:

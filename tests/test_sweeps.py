@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import read_write
 
 from kdad import sweep
-from kdad.data.synthetic import SYNTHETIC_CATEGORIES
+from kdad.data.embedded import SYNTHETIC_CATEGORIES
 from kdad.report import RunResult, find_runs, main, markdown, table_rows, write_tables
 from kdad.run import run
 

@@ -1,4 +1,4 @@
-"""The embedded synthetic benchmark generator (kdad.data.synthetic): layout, masks, determinism, caching."""
+"""The embedded synthetic benchmark generator (kdad.data.embedded): layout, masks, determinism, caching."""
 
 from __future__ import annotations
 
@@ -19,15 +19,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdad.data import synthetic, synthetic_base
-from kdad.data.synthetic import (
+from kdad.data.embedded import (
     SYNTHETIC_CATEGORIES,
     SYNTHETIC_DEFECTS,
     BenchmarkParams,
     ensure_synthetic_benchmark,
     render_synthetic_image,
 )
-from kdad.data.synthetic_render import View, make_view
+from kdad.data.embedded import benchmark as embedded_benchmark
+from kdad.data.embedded import category as embedded_category
+from kdad.data.embedded.render import View, make_view
 
 SMALL = {"image_size": 64, "n_train": 4, "n_test_good": 3, "n_test_per_defect": 2, "seed": 0}
 TINY_256 = {"image_size": 256, "n_train": 1, "n_test_good": 1, "n_test_per_defect": 1, "seed": 0}
@@ -117,7 +118,7 @@ def small_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_categories_mix_textures_and_objects_with_several_defects() -> None:
     assert len(SYNTHETIC_CATEGORIES) >= 6
-    kinds = [synthetic._REGISTRY[name].kind for name in SYNTHETIC_CATEGORIES]
+    kinds = [embedded_benchmark._REGISTRY[name].kind for name in SYNTHETIC_CATEGORIES]
     assert kinds.count("texture") >= 3 and kinds.count("object") >= 3
     assert all(len(SYNTHETIC_DEFECTS[name]) >= 3 for name in SYNTHETIC_CATEGORIES)
     assert "weave" in SYNTHETIC_CATEGORIES  # the default category of conf/data/synthetic.yaml
@@ -194,14 +195,14 @@ def test_defects_not_separable_by_global_statistics(tmp_path: Path) -> None:
 
 def test_generation_is_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = ensure_synthetic_benchmark(tmp_path / "a", ["weave", "hexnut"], **SMALL)
-    monkeypatch.setattr(synthetic, "_THREADS", 1)  # nor does the number of rendering threads matter
+    monkeypatch.setattr(embedded_benchmark, "_THREADS", 1)  # nor does the number of rendering threads matter
     second = ensure_synthetic_benchmark(tmp_path / "b", ["weave", "hexnut"], **SMALL)
     assert _files(first) == _files(second)
 
 
 def test_manifest_records_a_stable_fingerprint_and_the_library_versions(small_benchmark: Path, tmp_path: Path) -> None:
     again = ensure_synthetic_benchmark(tmp_path, ["gelcap", "mesh"], **SMALL)
-    opencv = next(f"{d}=={v}" for d in synthetic._OPENCV_DISTRIBUTIONS if (v := _installed(d)))
+    opencv = next(f"{d}=={v}" for d in embedded_benchmark._OPENCV_DISTRIBUTIONS if (v := _installed(d)))
     for category in SYNTHETIC_CATEGORIES:
         manifest = _manifest(small_benchmark / category)
         assert manifest["fingerprint"] == _pil_fingerprint(small_benchmark / category), category
@@ -231,18 +232,18 @@ def test_no_draw_fails_when_numerics_hide_every_defect(size: int, monkeypatch: p
     # each defect takes the fallback spot, which must be big enough and really change the pixels it labels.
     _shrink_every_mask(monkeypatch)
     # Every attempt costs a full defect draw and the fallback is the same after any number of them.
-    monkeypatch.setattr(synthetic_base, "MAX_ATTEMPTS", 3)
-    stamp = synthetic_base._stamp
+    monkeypatch.setattr(embedded_category, "MAX_ATTEMPTS", 3)
+    stamp = embedded_category._stamp
     for category in SYNTHETIC_CATEGORIES:
         for defect in SYNTHETIC_DEFECTS[category]:
-            with synthetic_base.fallback_tally() as tally:
+            with embedded_category.fallback_tally() as tally:
                 image, mask = render_synthetic_image(category, defect, 0, size)
-            monkeypatch.setattr(synthetic_base, "_stamp", lambda normal, mask: normal)
+            monkeypatch.setattr(embedded_category, "_stamp", lambda normal, mask: normal)
             normal, same_mask = render_synthetic_image(category, defect, 0, size)  # same pose and sensor noise
-            monkeypatch.setattr(synthetic_base, "_stamp", stamp)
+            monkeypatch.setattr(embedded_category, "_stamp", stamp)
             where = f"{category}/{defect} at {size} px"
             assert len(tally) == 1 and np.array_equal(mask, same_mask), where
-            assert mask.sum() >= synthetic_base.min_defect_pixels(size), where
+            assert mask.sum() >= embedded_category.min_defect_pixels(size), where
             change = np.abs(image.astype(np.int16) - normal.astype(np.int16)).max(-1)
             assert change[mask].min() >= 30, f"{where}: a masked pixel barely differs from the normal image"
             # Only the spot changed (and its surroundings within the sensor blur's 3 px kernel radius): the dropped
@@ -258,9 +259,11 @@ def test_fallback_spot_lands_on_the_last_attempt_or_else_on_the_part() -> None:
 
     def spot_centre(last: np.ndarray) -> tuple[float, float]:
         nothing = np.zeros((size, size), np.float32)
-        with synthetic_base.fallback_tally() as tally:
-            image, mask = synthetic_base.place_defect(view, size, lambda: (last, nothing), lambda d: d, lambda: normal)
-        assert len(tally) == 1 and mask.sum() >= synthetic_base.min_defect_pixels(size)
+        with embedded_category.fallback_tally() as tally:
+            image, mask = embedded_category.place_defect(
+                view, size, lambda: (last, nothing), lambda d: d, lambda: normal
+            )
+        assert len(tally) == 1 and mask.sum() >= embedded_category.min_defect_pixels(size)
         assert (np.abs(image - normal).max(-1)[mask] >= 0.3).all() and np.array_equal(image[~mask], normal[~mask])
         ys, xs = np.nonzero(mask)
         return float(xs.mean()), float(ys.mean())
@@ -270,7 +273,7 @@ def test_fallback_spot_lands_on_the_last_attempt_or_else_on_the_part() -> None:
     # One that changed a corner pixel: there, moved in just enough to keep the whole spot in the image.
     corner = normal.copy()
     corner[0, 0] = 0.9
-    radius = synthetic_base.fallback_radius(size)
+    radius = embedded_category.fallback_radius(size)
     assert spot_centre(corner) == pytest.approx((radius, radius))
 
 
@@ -285,8 +288,8 @@ def test_fallback_placements_are_counted_in_the_manifest(tmp_path: Path, monkeyp
 
 def _drifted_sensor(monkeypatch: pytest.MonkeyPatch) -> None:
     """What other library versions look like to the cache: the same draws, slightly different pixels."""
-    sensor = synthetic.apply_sensor
-    monkeypatch.setattr(synthetic, "apply_sensor", lambda rng, img: sensor(rng, img) ^ np.uint8(1))
+    sensor = embedded_benchmark.apply_sensor
+    monkeypatch.setattr(embedded_benchmark, "apply_sensor", lambda rng, img: sensor(rng, img) ^ np.uint8(1))
 
 
 def test_reusing_a_category_drawn_by_other_versions_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,18 +297,18 @@ def test_reusing_a_category_drawn_by_other_versions_warns(tmp_path: Path, monkey
     folder = base / "tablet"
     _drifted_sensor(monkeypatch)
     # Same versions as recorded: nothing is rendered at load time, whatever the pixels would be.
-    monkeypatch.setattr(synthetic, "_probe", lambda *args: pytest.fail("probed although the versions match"))
+    monkeypatch.setattr(embedded_benchmark, "_probe", lambda *args: pytest.fail("probed although the versions match"))
     with _no_runtime_warning():
         ensure_synthetic_benchmark(tmp_path, ["tablet"], **SMALL)
     monkeypatch.undo()
 
     other = {"numpy": "1.26.4", "opencv": "5.1.0", "opencv_wheel": "opencv-python-headless==5.1.0.95"}
-    monkeypatch.setattr(synthetic, "dependency_versions", lambda: other)
-    monkeypatch.setattr(synthetic, "_PROBED", {})
+    monkeypatch.setattr(embedded_benchmark, "dependency_versions", lambda: other)
+    monkeypatch.setattr(embedded_benchmark, "_PROBED", {})
     with _no_runtime_warning():  # other versions, same pixels: the probe passes silently
         ensure_synthetic_benchmark(tmp_path, ["tablet"], **SMALL)
 
-    monkeypatch.setattr(synthetic, "_PROBED", {})
+    monkeypatch.setattr(embedded_benchmark, "_PROBED", {})
     _drifted_sensor(monkeypatch)
     stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
     with pytest.warns(RuntimeWarning) as caught:
@@ -324,24 +327,24 @@ def test_verify_reports_drift_and_changed_files(
     ensure_synthetic_benchmark(tmp_path, ["tablet", "bolt"], **SMALL)
     argv = ["--root", str(tmp_path), "--image-size", "64", "--n-train", "4", "--n-test-good", "3",
             "--n-test-per-defect", "2", "--verify"]  # fmt: skip
-    assert synthetic.main([*argv, "--categories", "tablet,bolt"]) == 0
+    assert embedded_benchmark.main([*argv, "--categories", "tablet,bolt"]) == 0
     assert capsys.readouterr().out.count(": ok (fingerprint") == 2
 
     base = tmp_path / BenchmarkParams(**SMALL).folder_name()
     folder = base / "tablet"
     with monkeypatch.context() as patched:
         _drifted_sensor(patched)
-        problems = synthetic.verify_category(folder, BenchmarkParams(**SMALL))
+        problems = embedded_benchmark.verify_category(folder, BenchmarkParams(**SMALL))
         assert f"{folder}: this kdad draws different pixels with the same numpy" in problems[0]
-        patched.setattr(synthetic, "dependency_versions", lambda: {"numpy": "1.26.4", "opencv": "5.1.0"})
-        problems = synthetic.verify_category(folder, BenchmarkParams(**SMALL))
+        patched.setattr(embedded_benchmark, "dependency_versions", lambda: {"numpy": "1.26.4", "opencv": "5.1.0"})
+        problems = embedded_benchmark.verify_category(folder, BenchmarkParams(**SMALL))
     assert len(problems) == 2 and f"{folder}: generated with numpy {np.__version__}" in problems[0]
     assert "the installed numpy 1.26.4, opencv 5.1.0 draw different pixels" in problems[0]
     assert f"delete {folder}" in problems[1]
 
     damaged = base / "bolt" / "test" / "good" / "000.png"
     Image.fromarray(255 - np.asarray(Image.open(damaged))).save(damaged)
-    assert synthetic.main([*argv, "--categories", "bolt,hexnut"]) == 1
+    assert embedded_benchmark.main([*argv, "--categories", "bolt,hexnut"]) == 1
     out = capsys.readouterr().out
     assert f"{base / 'bolt'}: files differ from the fingerprint" in out
     assert f"{base / 'hexnut'} is missing" in out and "2 of 2 categories differ or are missing" in out
@@ -385,7 +388,7 @@ def _dead_pid() -> int:
 def test_leftovers_of_a_crashed_run_are_cleaned_and_regenerated(tmp_path: Path) -> None:
     reference = _files(ensure_synthetic_benchmark(tmp_path / "ref", ["weave"], **SMALL) / "weave")
     base = tmp_path / "cache" / BenchmarkParams(**SMALL).folder_name()
-    host = synthetic._host()
+    host = embedded_benchmark._host()
     crashed = base / f".tmp__weave__{host}__{_dead_pid()}__0000dead"
     abandoned = base / ".tmp__weave__some-other-host__4242__0000beef"  # another machine, long ago
     running = base / f".tmp__weave__{host}__{os.getpid()}__00001ive"  # a live generation: left alone
@@ -407,7 +410,7 @@ def test_interrupted_generation_leaves_no_complete_looking_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    write_sample = synthetic._write_sample
+    write_sample = embedded_benchmark._write_sample
 
     def failing(*args: object) -> tuple[dict[str, str], bool]:
         calls["n"] += 1
@@ -415,27 +418,27 @@ def test_interrupted_generation_leaves_no_complete_looking_folder(
             raise KeyboardInterrupt  # what a Ctrl-C in the middle of writing looks like
         return write_sample(*args)
 
-    monkeypatch.setattr(synthetic, "_THREADS", 1)
-    monkeypatch.setattr(synthetic, "_write_sample", failing)
+    monkeypatch.setattr(embedded_benchmark, "_THREADS", 1)
+    monkeypatch.setattr(embedded_benchmark, "_write_sample", failing)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic_benchmark(tmp_path, ["leatherette"], **SMALL)
     base = tmp_path / BenchmarkParams(**SMALL).folder_name()
     assert not (base / "leatherette").exists()
     assert not list(base.glob(".tmp__*"))
-    monkeypatch.setattr(synthetic, "_write_sample", write_sample)
+    monkeypatch.setattr(embedded_benchmark, "_write_sample", write_sample)
     ensure_synthetic_benchmark(tmp_path, ["leatherette"], **SMALL)
-    assert synthetic.is_complete(base / "leatherette", BenchmarkParams(**SMALL))
+    assert embedded_benchmark.is_complete(base / "leatherette", BenchmarkParams(**SMALL))
 
 
 def test_concurrent_generations_agree_and_work_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     generated: list[str] = []
-    generate = synthetic.generate_category
+    generate = embedded_benchmark.generate_category
 
-    def counting(name: str, params: BenchmarkParams, dest: Path) -> synthetic.Generation:
+    def counting(name: str, params: BenchmarkParams, dest: Path) -> embedded_benchmark.Generation:
         generated.append(name)
         return generate(name, params, dest)
 
-    monkeypatch.setattr(synthetic, "generate_category", counting)
+    monkeypatch.setattr(embedded_benchmark, "generate_category", counting)
     results: list[Path] = []
     threads = [
         threading.Thread(target=lambda: results.append(ensure_synthetic_benchmark(tmp_path, ["mesh"], **SMALL)))
@@ -446,9 +449,9 @@ def test_concurrent_generations_agree_and_work_once(tmp_path: Path, monkeypatch:
     for thread in threads:
         thread.join()
     assert len(results) == 3 and len(set(results)) == 1
-    assert synthetic.is_complete(results[0] / "mesh", BenchmarkParams(**SMALL))
+    assert embedded_benchmark.is_complete(results[0] / "mesh", BenchmarkParams(**SMALL))
     assert not list(results[0].glob(".tmp__*"))
-    if synthetic.fcntl is not None:
+    if embedded_benchmark.fcntl is not None:
         assert generated == ["mesh"]
 
 
@@ -465,7 +468,7 @@ def test_unknown_category_and_bad_parameters(tmp_path: Path) -> None:
 
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = synthetic.main(
+    code = embedded_benchmark.main(
         ["--root", str(tmp_path), "--categories", "tablet,bolt", "--image-size", "48", "--n-train", "2",
          "--n-test-good", "1", "--n-test-per-defect", "1"]
     )  # fmt: skip

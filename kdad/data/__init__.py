@@ -7,11 +7,11 @@ from kdad.data.cache import CacheStats, DecodeCache
 from kdad.data.datamodule import VAL_SOURCES, AnomalyDataModule
 from kdad.data.dataset import IMAGENET_MEAN, IMAGENET_STD, AnomalyDataset, Sample
 from kdad.data.decode import INTERPOLATIONS, MASK_RESIZE_MODES
+from kdad.data.embedded.datamodule import SyntheticDataModule
 from kdad.data.errors import DatasetError
 from kdad.data.folder import FolderDataModule
 from kdad.data.mvtec import MVTEC_CATEGORIES, MVTecDataModule
 from kdad.data.mvtec3d import MVTEC3D_CATEGORIES, MVTec3DDataModule
-from kdad.data.synthetic_datamodule import SyntheticDataModule
 from kdad.data.visa import VISA_CATEGORIES, VisADataModule
 
 DATA_MODULES: dict[str, type[AnomalyDataModule]] = {

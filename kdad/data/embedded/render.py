@@ -1,4 +1,4 @@
-"""Vectorised drawing primitives for the embedded synthetic benchmark (see ``kdad.data.synthetic``).
+"""Vectorised drawing primitives for the embedded synthetic benchmark (see ``kdad.data.embedded``).
 
 Conventions used throughout: images are float32 arrays in [0, 1] (H x W x 3, RGB) until the sensor model
 quantises them; points are ``(x, y)`` in pixels with pixel centres at integer coordinates (OpenCV's

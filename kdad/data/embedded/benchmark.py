@@ -22,7 +22,7 @@ Each manifest records a content fingerprint (sha256 over the pixels of every ima
 and OpenCV versions that drew them. Reusing a category generated with other versions renders the first image
 of each folder again and warns, naming the folder, if the pixels differ; ``--verify`` checks every file.
 
-Command line: ``python -m kdad.data.synthetic --root DIR [--categories a,b] [--image-size N] [--verify]``.
+Command line: ``python -m kdad.data.embedded --root DIR [--categories a,b] [--image-size N] [--verify]``.
 See docs/synthetic.md for what the categories and defects look like.
 """
 
@@ -51,10 +51,10 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
-from kdad.data.synthetic_base import Category, fallback_tally
-from kdad.data.synthetic_objects import OBJECTS
-from kdad.data.synthetic_render import apply_sensor
-from kdad.data.synthetic_textures import TEXTURES
+from kdad.data.embedded.category import Category, fallback_tally
+from kdad.data.embedded.objects import OBJECTS
+from kdad.data.embedded.render import apply_sensor
+from kdad.data.embedded.textures import TEXTURES
 
 try:  # POSIX only: without it, concurrent processes may both generate a category (still safely).
     import fcntl
@@ -277,7 +277,7 @@ def generate_category(name: str, params: BenchmarkParams, dest: Path) -> Generat
 def _manifest(name: str, params: BenchmarkParams, generation: Generation) -> dict:
     spec = _category(name)
     return {
-        "generator": "kdad.data.synthetic",
+        "generator": "kdad.data.embedded",
         "version": GENERATOR_VERSION,
         "category": name,
         "kind": spec.kind,
@@ -514,7 +514,7 @@ def check_cached_category(category_dir: Path, params: BenchmarkParams) -> bool:
                 f"installed {_versions_text(installed)} draw different pixels ({len(differing)} of the files "
                 f"checked differ, e.g. {differing[0]}). The cached files are used as they are, so this data is not "
                 f"what a fresh generation here would give. {_regenerate_hint(category_dir)} "
-                "`python -m kdad.data.synthetic --verify` compares every file.",
+                "`python -m kdad.data.embedded --verify` compares every file.",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -580,7 +580,7 @@ def _verify_command(root: str, names: list[str] | None, params: BenchmarkParams)
 
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdad.data.synthetic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kdad.data.embedded", description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="cache root (default: %(default)s)")
     parser.add_argument(
         "--categories", default=None, help=f"comma-separated subset of: {','.join(SYNTHETIC_CATEGORIES)}"
@@ -621,7 +621,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"synthetic benchmark: {len(done)} categories ({', '.join(done)}) in {base}")
     print(f"took {elapsed:.1f} s")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

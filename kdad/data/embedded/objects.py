@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from kdad.data.synthetic_base import Category, place_defect
-from kdad.data.synthetic_render import (
+from kdad.data.embedded.category import Category, place_defect
+from kdad.data.embedded.render import (
     SUPERSAMPLE,
     Rng,
     View,

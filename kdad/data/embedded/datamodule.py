@@ -1,4 +1,4 @@
-"""The embedded synthetic benchmark: generated on first use (kdad.data.synthetic), then read as MVTec.
+"""The embedded synthetic benchmark: generated on first use (kdad.data.embedded), then read as MVTec.
 
 It needs no download, so quick-starts, notebooks and CI train on it. Images are generated at
 ``generation_size`` (256 px) whatever the training resolution, so one generated set serves every run.
@@ -17,7 +17,7 @@ from kdad.data.mvtec import find_mvtec_samples
 
 def _synthetic_categories() -> tuple[str, ...]:
     # Imported lazily: the generator is only needed when this benchmark is used.
-    from kdad.data.synthetic import SYNTHETIC_CATEGORIES
+    from kdad.data.embedded import SYNTHETIC_CATEGORIES
 
     return tuple(SYNTHETIC_CATEGORIES)
 
@@ -27,7 +27,7 @@ class SyntheticDataModule(AnomalyDataModule):
 
     Args:
         root: where generated data lives (created if missing).
-        category: one of ``kdad.data.synthetic.SYNTHETIC_CATEGORIES``.
+        category: one of ``kdad.data.embedded.SYNTHETIC_CATEGORIES``.
         n_train, n_test_good, n_test_per_defect: generated image counts.
         generation_seed: seed of the generator (not of training).
         generation_size: side of the generated images; training resizes them to ``image_size``.
@@ -72,7 +72,7 @@ class SyntheticDataModule(AnomalyDataModule):
             )
         if self.root.exists() and not self.root.is_dir():
             raise DatasetError(f"synthetic data root {self.root} is a file, not a folder: point data.root elsewhere.")
-        from kdad.data.synthetic import ensure_synthetic_benchmark
+        from kdad.data.embedded import ensure_synthetic_benchmark
 
         try:
             generated = ensure_synthetic_benchmark(

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from kdad.data.synthetic_render import Rng, View
+from kdad.data.embedded.render import Rng, View
 
 # A defect whose sampled position or size leaves (almost) nothing visible is drawn again with fresh random
 # numbers from the same generator, which keeps the output deterministic.

@@ -17,8 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kdad.data.synthetic_base import Category, place_defect
-from kdad.data.synthetic_render import (
+from kdad.data.embedded.category import Category, place_defect
+from kdad.data.embedded.render import (
     Rng,
     bezier,
     blend,
