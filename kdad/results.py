@@ -1,4 +1,4 @@
-"""Run outputs: metrics.json, the per-image score CSV, overlay PNGs and the printed results table."""
+"""Run outputs: the resolved config, metrics.json, the per-image score CSV, overlay PNGs and the printed table."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from kdad.methods.base import OverlaySample, TestRecord
 from kdad.visualize import overlay_panel
+
+CONFIG_NAME = "config_resolved.yaml"
 
 METRIC_LABELS = {
     "image_auroc": "I-AUROC",
@@ -32,6 +36,29 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config with every value resolved, as plain data: exactly what config_resolved.yaml holds."""
+    return yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> Path:
+    """config_resolved.yaml, written before training (an interrupted run has it too) and atomically: the record of
+    the configuration a run folder belongs to, which kdad.run compares before reusing the folder."""
+    path = run_dir / CONFIG_NAME
+    _atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The stored resolved config; None when the file is missing or is not a readable YAML mapping."""
+    path = run_dir / CONFIG_NAME
+    try:
+        stored = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def write_metrics(run_dir: Path, summary: Mapping[str, Any]) -> Path:

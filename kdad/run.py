@@ -4,7 +4,7 @@ Builds data, method, callbacks, logger and trainer from the Hydra config, trains
 the policy names, and writes the run folder: resolved config, checkpoints/, metrics.json, scores.csv and
 overlays/. Run folders are deterministic (tag/benchmark/category/method/seed), so re-running an interrupted
 command resumes from its last checkpoint, and re-running a finished one prints its results (``overwrite=true``
-trains again).
+trains again); either only when the folder's stored configuration matches the command's (``REUSE_IGNORED_KEYS``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import logging
 import shutil
 import time
 import warnings
+from collections.abc import Iterator, Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,20 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from kdad.loggers import finish_wandb
+from kdad.cli import ConfigError, hydra_cli
+from kdad.loggers import finish_wandb, offline_run_hint, quiet_lightning_tips
 from kdad.methods.base import AnomalyModule
-from kdad.results import format_table, per_defect_scores, write_metrics, write_overlays, write_scores
+from kdad.results import (
+    CONFIG_NAME,
+    format_table,
+    per_defect_scores,
+    read_config,
+    resolved_config,
+    write_config,
+    write_metrics,
+    write_overlays,
+    write_scores,
+)
 from kdad.review import save_review_cases
 from kdad.speed import apply_speed
 from kdad.sweep import ALL_CATEGORIES, job_gpu
@@ -90,31 +103,192 @@ def _protocol(cfg: DictConfig, datamodule: Any, module: AnomalyModule, test_ckpt
     }
 
 
+# Keys of the resolved config that do not change a run's results: a run folder is reused (its finished run shown,
+# its unfinished run resumed) whatever their values; every other key must match the folder's config_resolved.yaml.
+# fnmatch patterns over dotted keys, each covering the keys below it. data.num_workers is compared: the workers
+# draw the pseudo-anomalies, so their number changes the training images (README, "Performance").
+REUSE_IGNORED_KEYS: tuple[str, ...] = (
+    # what this command does, not what the run computes
+    "train",
+    "test",
+    "overwrite",
+    "ckpt_path",
+    # where things live on this machine (other values under run_dir or paths.* are compared relative to them)
+    "run_dir",
+    "paths",
+    "data.cache_dir",
+    "*.weights_cache_dir",
+    "trainer.default_root_dir",
+    # what is logged and kept besides the metrics
+    "logger",
+    "review_cases",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    # kdad's callbacks write checkpoints and catch Ctrl-C (which checkpoint is tested is checkpoint.*, compared);
+    # one added on the command line counts as a tool of this invocation (an interruption, a monitor)
+    "callbacks",
+    # how images are held and networks execute, never what they compute
+    "data.preload",
+    "data.pin_memory",
+    "speed",
+    "hydra",
+)
+REUSE_WAYS_OUT = (
+    "Train this configuration there with overwrite=true (replaces the run it holds), or in a folder of its own "
+    "with tag=<name>."
+)
+_ABSENT = object()
+
+
+class RunFolderError(ConfigError):
+    """The run folder holds a run of another (or an unknown) configuration: reusing it would mix two runs."""
+
+
+def check_run_folder(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a run folder whose finished or resumable run was made with another configuration.
+
+    Otherwise a command shows or resumes whatever run its folder holds: ``trainer.max_epochs=1`` once, then the
+    default command prints that 1-epoch run's metrics as the default run's. The comparison is with the folder's
+    config_resolved.yaml, before this command rewrites it. A folder holding a run without a readable stored
+    config (deleted by hand) is refused as well: its configuration is unknown. Evaluating into the folder
+    (train=false) follows the same rule, as it would replace the results the folder holds.
+    """
+    held = _held_run(run_dir)
+    if held is None:
+        return
+    stored = read_config(run_dir)
+    if stored is None:
+        raise RunFolderError(
+            f"run folder {run_dir} holds {held} but no readable {CONFIG_NAME}, so whether it was made with this "
+            f"configuration is unknown. {REUSE_WAYS_OUT}"
+        )
+    differences = config_differences(stored, resolved_config(cfg))
+    if differences:
+        header = f"run folder {run_dir} holds {held} of another configuration ({CONFIG_NAME} -> this command):"
+        lines = [f"  {key}: {_show(old)} -> {_show(new)}" for key, (old, new) in differences.items()]
+        raise RunFolderError("\n".join([header, *lines, REUSE_WAYS_OUT]))
+
+
+def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (stored value, current value)}`` for the dotted keys that differ, leaving out REUSE_IGNORED_KEYS.
+
+    Paths are compared relative to each config's run_dir and paths.* (a moved cache or runs folder holds the same
+    run) and device lists by their length (a sweep job may be given another GPU of the machine).
+    """
+    old, new = _comparable(stored), _comparable(current)
+    keys = sorted(k for k in old.keys() | new.keys() if not _reuse_ignores(k))
+    pairs = {k: (old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys}
+    return {k: pair for k, pair in pairs.items() if pair[0] != pair[1]}
+
+
+def _held_run(run_dir: Path) -> str | None:
+    if (run_dir / "metrics.json").is_file():
+        return "a finished run"
+    if resume_checkpoint(run_dir) is not None:
+        return "an unfinished run (checkpoints/last.ckpt)"
+    return None
+
+
+def _reuse_ignores(key: str) -> bool:
+    return any(fnmatchcase(key, p) or fnmatchcase(key, f"{p}.*") for p in REUSE_IGNORED_KEYS)
+
+
+def _flatten(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in node.items():
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    named = {"run_dir": config.get("run_dir"), **{f"paths.{k}": v for k, v in (config.get("paths") or {}).items()}}
+    places = [(str(v).rstrip("/"), f"${{{k}}}") for k, v in named.items() if isinstance(v, str) and v.strip("/")]
+    places.sort(key=lambda place: len(place[0]), reverse=True)  # the run folder before the runs folder holding it
+    return {key: _comparable_value(key, value, places) for key, value in _flatten(config)}
+
+
+def _comparable_value(key: str, value: Any, places: list[tuple[str, str]]) -> Any:
+    if key == "trainer.devices" and isinstance(value, list):
+        return len(value)
+    if isinstance(value, str):
+        for path, placeholder in places:
+            if value == path or value.startswith(f"{path}/"):
+                return placeholder + value[len(path) :]
+    return value
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value, default=str)
+
+
 def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _check_options(cfg: DictConfig) -> None:
+    if str(cfg.data.category) == ALL_CATEGORIES:
+        raise ConfigError("data.category=all runs one job per category: add -m (python -m kdad.run -m ...)")
+    if not cfg.train and not cfg.ckpt_path:
+        raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=/path/to/checkpoint.ckpt")
+
+
+def _remove_outputs(run_dir: Path) -> None:
+    for stale in ("metrics.json", "scores.csv", "checkpoints", "overlays"):
+        target = run_dir / stale
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def results_report(summary: Mapping[str, Any], title: str, run_dir: Path) -> str:
+    """The lines a run ends with: the metrics table, the checkpoint policy and the run folder."""
+    policy = summary["checkpoint_policy"]
+    note = summary.get("checkpoint_note") or CHECKPOINT_NOTES.get(policy, "")
+    return "\n".join(
+        [format_table(summary["metrics"], title), f"checkpoint policy: {policy} ({note})", f"run folder: {run_dir}"]
+    )
+
+
+def _title(summary: Mapping[str, Any], cfg: DictConfig) -> str:
+    benchmark = (summary.get("data") or {}).get("benchmark", "")
+    return f"{summary['method']} on {benchmark}/{cfg.data.category}"
+
+
 def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
-    """Train and/or test one configuration; returns the metrics.json content (``quiet``: print nothing)."""
+    """Train and/or test one configuration; returns the metrics.json content (``quiet``: print nothing).
+
+    The results are printed after the logger has shut down (W&B prints when it finishes), so that a run ends
+    with the table, the checkpoint policy and the run folder rather than with the logger's summary.
+    """
     say = (lambda *_: None) if quiet else print
+    quiet_lightning_tips()
+    _check_options(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite and cfg.train:
-        for stale in ("metrics.json", "scores.csv", "checkpoints", "overlays"):
-            target = run_dir / stale
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    if str(cfg.data.category) == ALL_CATEGORIES:
-        raise ValueError("data.category=all runs one job per category: add -m (python -m kdad.run -m ...)")
+    if not cfg.overwrite:
+        check_run_folder(cfg, run_dir)
+    elif cfg.train:
+        _remove_outputs(run_dir)
     finished = _finished_summary(run_dir)
     if finished is not None and cfg.train:
         log.info("Run already finished: %s (overwrite=true trains again)", run_dir / "metrics.json")
-        say(format_table(finished["metrics"], f"{finished['method']} (finished earlier, {run_dir})"))
+        say(results_report(finished, f"{_title(finished, cfg)} (finished earlier)", run_dir))
         return finished
-    if not cfg.train and not cfg.ckpt_path:
-        raise ValueError("train=false evaluates a checkpoint: pass ckpt_path=/path/to/checkpoint.ckpt")
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(run_dir, cfg)
+    try:
+        summary = _train_and_test(cfg, run_dir)
+    finally:
+        offline_run = finish_wandb()
+    if summary:
+        if offline_run is not None:
+            say(offline_run_hint(offline_run))
+        say(results_report(summary, _title(summary, cfg), run_dir))
+    return summary
 
+
+def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Build, train (resuming last.ckpt), test and write the run folder; {} where this process does not test."""
     datamodule, module = build_modules(cfg)
     logger = build_logger(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=logger)
@@ -122,42 +296,35 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
     _check_distributed_validation(cfg, trainer)
     if isinstance(logger, WandbLogger):
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
-
     started = time.perf_counter()
-    try:
-        if cfg.train:
-            resume = resume_checkpoint(run_dir)
-            if resume is not None:
-                log.info("Resuming training from %s", resume)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-        train_seconds = time.perf_counter() - started
-        if trainer.global_rank != 0 or not cfg.test:
-            return {}  # ranks > 0 of a script-launched DDP run: rank 0 tests and writes the run folder
-        test_ckpt = _test_checkpoint(cfg, trainer)
-        tester = _test_trainer(cfg, trainer, logger)
-        tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
-        summary = _protocol(cfg, datamodule, module, test_ckpt or "weights in memory after training")
-        summary.update(
-            metrics=module.test_metrics,
-            per_defect=per_defect_scores(module.test_records),
-            epochs_trained=_epochs_trained(trainer, run_dir),
-            train_seconds=round(train_seconds, 1),
-            total_seconds=round(time.perf_counter() - started, 1),
-        )
-        summary["test_images"] = _test_images_seen(module, datamodule)
-        if tester is not trainer:
-            summary["test_devices"] = "one device, full test set (after multi-process training)"
-        write_scores(run_dir, module.test_records)
-        overlays = write_overlays(run_dir, module.overlay_samples, module.test_records)
-        _save_review_cases(cfg, run_dir, module, datamodule, tester)
-        _log_results(logger, summary, overlays)
-        write_metrics(run_dir, summary)
-        say(format_table(module.test_metrics, f"{module.name} on {datamodule.name}/{cfg.data.category}"))
-        say(f"checkpoint policy: {cfg.checkpoint.policy} ({CHECKPOINT_NOTES[cfg.checkpoint.policy]})")
-        say(f"run folder: {run_dir}")
-        return summary
-    finally:
-        finish_wandb()
+    if cfg.train:
+        resume = resume_checkpoint(run_dir)
+        if resume is not None:
+            log.info("Resuming training from %s", resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    train_seconds = time.perf_counter() - started
+    if trainer.global_rank != 0 or not cfg.test:
+        return {}  # ranks > 0 of a script-launched DDP run: rank 0 tests and writes the run folder
+    test_ckpt = _test_checkpoint(cfg, trainer)
+    tester = _test_trainer(cfg, trainer, logger)
+    tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    summary = _protocol(cfg, datamodule, module, test_ckpt or "weights in memory after training")
+    summary.update(
+        metrics=module.test_metrics,
+        per_defect=per_defect_scores(module.test_records),
+        epochs_trained=_epochs_trained(trainer, run_dir),
+        train_seconds=round(train_seconds, 1),
+        total_seconds=round(time.perf_counter() - started, 1),
+    )
+    summary["test_images"] = _test_images_seen(module, datamodule)
+    if tester is not trainer:
+        summary["test_devices"] = "one device, full test set (after multi-process training)"
+    write_scores(run_dir, module.test_records)
+    overlays = write_overlays(run_dir, module.overlay_samples, module.test_records)
+    _save_review_cases(cfg, run_dir, module, datamodule, tester)
+    _log_results(logger, summary, overlays)
+    write_metrics(run_dir, summary)
+    return summary
 
 
 def _check_strategy(trainer: L.Trainer) -> None:
@@ -170,7 +337,7 @@ def _check_strategy(trainer: L.Trainer) -> None:
     if not isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher) or not HydraConfig.initialized():
         return
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise ValueError(
+        raise ConfigError(
             "trainer.strategy=ddp re-executes the command per process, which restarts the whole sweep under -m: "
             "use trainer=ddp (spawned workers) instead"
         )
@@ -179,7 +346,7 @@ def _check_strategy(trainer: L.Trainer) -> None:
 def _check_distributed_validation(cfg: DictConfig, trainer: L.Trainer) -> None:
     """Validation metrics would be computed per process on a shard of the test set: refuse best_on_test."""
     if trainer.world_size > 1 and cfg.checkpoint.validation == "metrics":
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint={cfg.checkpoint.policy} selects epochs on test metrics, which multi-process training would "
             "compute per process on a shard: train it on one device, or use checkpoint=last / val_loss"
         )
@@ -270,7 +437,7 @@ def _log_results(logger: Logger | bool, summary: dict[str, Any], overlays: list[
         logger.log_image(key="test/overlays", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra_cli(config_name="config")
 def main(cfg: DictConfig) -> float | None:
     with job_gpu(cfg):  # hydra/launcher=gpus: this job trains on a GPU of its own
         summary = run(cfg)

@@ -22,7 +22,7 @@ def apply_speed(module: nn.Module, channels_last: bool = False, compile: bool = 
       the inputs need no conversion; on GPUs this lets cuDNN use tensor-core kernels without transposes.
     * ``compile``: ``torch.compile`` every network of ``module.model`` (its direct children with parameters:
       teacher, students, decoders) in place. Compiling the children rather than ``forward`` covers the training paths
-      too (``loss``, ``training_stages``), and in-place compilation keeps the state-dict keys, so checkpoints
+      too (``loss``, ``optimizer_steps``), and in-place compilation keeps the state-dict keys, so checkpoints
       stay interchangeable with uncompiled runs.
     """
     if channels_last:

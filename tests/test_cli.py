@@ -43,7 +43,7 @@ def _cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
         "trainer.enable_progress_bar=false",
     ]
     return subprocess.run(
-        [sys.executable, "-m", "kdad.run", *base, *args],
+        [sys.executable, "-m", "kdad.run", *args, *base],  # args first: they may start with -m
         cwd=REPO,
         env={**os.environ, "HYDRA_FULL_ERROR": "0", **env},
         capture_output=True,
@@ -96,6 +96,16 @@ def test_hydra_full_error_shows_the_traceback(tmp_path: Path) -> None:
     result = _cli(["data=mvtec", f"data.root={tmp_path}/nowhere", "logger=none"], tmp_path, HYDRA_FULL_ERROR="1")
     assert result.returncode not in (0, 2)
     assert "Traceback" in result.stderr and "DatasetError: mvtec dataset root" in result.stderr
+
+
+def test_failing_multirun_job_lets_the_others_run_then_reports(tmp_path: Path) -> None:
+    result = _cli(["-m", "data.category=nope1,nope2", "logger=none"], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert "kdad: error: unknown synthetic category 'nope1'" in output  # logged by the job, the sweep goes on
+    assert "kdad: error: unknown synthetic category 'nope2'" in output
+    assert result.stderr.strip().splitlines()[-1].startswith("kdad: error: unknown synthetic category 'nope1'")
 
 
 # ------------------------------------------------------------------------------------- run folders

@@ -161,7 +161,7 @@ def test_rerun_of_unfinished_run_resumes_from_last_checkpoint(
     assert any("Resuming training from" in r.message for r in caplog.records)
     assert summary["epochs_trained"] == 2
     out = capsys.readouterr().out
-    assert out.index("LOGGER SHUTDOWN") < out.index(f"W&B offline run: {offline}") < out.index("### rd on mvtec/bottle")
+    assert out.index("LOGGER SHUTDOWN") < out.index(f"`wandb sync {offline}`") < out.index("### rd on mvtec/bottle")
     lines = out.strip().splitlines()
     assert lines[-2].startswith("checkpoint policy: last (") and lines[-1] == f"run folder: {run_dir}"
 
@@ -207,7 +207,7 @@ def test_wandb_offline_run_holds_summary_and_media(mvtec_root: Path, tmp_path: P
     offline = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     printed = capsys.readouterr()
-    assert f"W&B offline run: {offline[0]} (upload it with `wandb sync {offline[0]}`)" in printed.out
+    assert f"W&B offline run saved: upload it with `wandb sync {offline[0]}`" in printed.out
     assert "wandb:" not in printed.out + printed.err  # no banners, no end-of-run summary
     assert printed.out.strip().splitlines()[-1] == f"run folder: {cfg.run_dir}"
     # Offline runs keep their summary in the run's transaction log until `wandb sync`.
