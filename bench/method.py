@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 from bench.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from bench.timing import Bucket, SplitTimer, now, timed_attribute, timed_calls
 from kdad.blocks.teacher import Teacher
-from kdad.compare import compose_run_config
 from kdad.metrics import AnomalyMetrics
-from kdad.run import build_modules
+from kdad.runner.compare import compose_run_config
+from kdad.runner.train import build_modules
 
 ACCELERATORS = {"cpu": "cpu", "cuda": "gpu"}
 

@@ -1,7 +1,7 @@
 """Speed options timed against the same method's main row of the same bench run: each is flipped from its
 default on a fresh model, which then trains one epoch and runs inference at batch 1 and at the batch size.
 
-* ``channels_last``, ``compile``: ``speed.channels_last`` / ``speed.compile`` (kdad.speed);
+* ``channels_last``, ``compile``: ``speed.channels_last`` / ``speed.compile`` (kdad.runner.speed);
 * ``workers``: the training loader's worker processes (``data.num_workers``: the default ``auto`` against 0, or
   1 where ``auto`` resolves to none).
 """
@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from bench.method import build, evaluating, inference_rates, run_overrides, test_batches, train_epochs
-from kdad.compare import compose_run_config
+from kdad.runner.compare import compose_run_config
 
 OPTIONS = ("channels_last", "compile", "workers")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kdad.report import markdown_table
+from kdad.runner.report import markdown_table
 
 MIB = 2**20
 GB = 1e9

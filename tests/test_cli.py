@@ -1,5 +1,5 @@
-"""What a user sees: one-message errors with exit status 2 (kdad.cli), and run folders reused only by the
-configuration they hold (kdad.run.check_run_folder). No training here: run folders are written by hand."""
+"""What a user sees: one-message errors with exit status 2 (kdad.runner.cli), and run folders reused only by the
+configuration they hold (kdad.runner.train.check_run_folder). No training here: run folders are written by hand."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from helpers import compose_config
 from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf.errors import ConfigKeyError
 
-from kdad.cli import ConfigError, user_error_message
 from kdad.data.errors import DatasetError
-from kdad.results import CONFIG_NAME, resolved_config, write_config
-from kdad.run import RunFolderError, config_differences, run
+from kdad.runner.cli import ConfigError, user_error_message
+from kdad.runner.results import CONFIG_NAME, resolved_config, write_config
+from kdad.runner.train import RunFolderError, config_differences, run
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.image_size=64", "logger=csv"]

@@ -1,4 +1,4 @@
-"""notebooks/review.ipynb runs headless on a tiny sweep; the review helpers it uses (kdad.review)."""
+"""notebooks/review.ipynb runs headless on a tiny sweep; the helpers it uses (kdad.runner.review, .notebook)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from fixtures import write_mvtec
 from helpers import compose_config
 from nbclient import NotebookClient
 
-from kdad import review
 from kdad.methods.base import AnomalyOutput
-from kdad.methods.base import TestRecord as Record
-from kdad.run import run
-from kdad.sweep import write_sweep_summary
+from kdad.records import TestRecord as Record
+from kdad.runner import notebook, review
+from kdad.runner.sweep import write_sweep_summary
+from kdad.runner.train import run
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "review.ipynb"
 TINY = ["data.image_size=64", "trainer.max_epochs=1", "data.batch_size=4", "logger=csv", "review_cases=3"]
@@ -125,18 +125,18 @@ def test_wandb_results_are_read_from_run_summaries() -> None:
             assert path == "me/kdad" and filters == {"group": "g"}
             return runs
 
-    results = review.load_wandb_results("me/kdad", "g", api=Api())
+    results = notebook.load_wandb_results("me/kdad", "g", api=Api())
     assert [(r.column, r.category, r.metrics) for r in results] == [
         ("dskd", "candle", {"image_auroc": 0.9}),
         ("dskd", "pcb1", {"image_auroc": 0.7}),
     ]
     assert results[0].protocol["benchmark"] == "visa"
-    frame = review.results_frame(results, ["image_auroc"])
+    frame = notebook.results_frame(results, ["image_auroc"])
     assert frame.loc[("visa", "mean"), "dskd I-AUROC"] == pytest.approx(80.0)
     assert np.isfinite(frame.to_numpy()).all()
 
 
 def test_relative_sources_are_resolved_against_the_repository(tmp_path: Path) -> None:
     absolute = str(tmp_path / "abs")
-    resolved = review.resolve_sources(["runs/a", "RD=runs/b", absolute], tmp_path / "repo")
+    resolved = notebook.resolve_sources(["runs/a", "RD=runs/b", absolute], tmp_path / "repo")
     assert resolved == [str(tmp_path / "repo/runs/a"), f"RD={tmp_path / 'repo/runs/b'}", absolute]

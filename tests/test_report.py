@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from fixtures import write_mvtec
 
-from kdad.compare import run_comparison
-from kdad.report import find_runs, main, metric_table
+from kdad.runner.compare import run_comparison
+from kdad.runner.report import find_runs, main, metric_table
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_every_shipped_comparison_spec_composes(spec_path: Path, tmp_path: Path)
     """Each variant of each conf/compare spec composes into a run config (a typo fails here, not hours into a run)."""
     from omegaconf import OmegaConf
 
-    from kdad.compare import compose_run_config
+    from kdad.runner.compare import compose_run_config
 
     spec = OmegaConf.load(spec_path)
     assert spec.title and spec.categories and spec.variants

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 
 from kdad.data.errors import DatasetError
 from kdad.methods.base import AnomalyModule, NonFiniteLossError
-from kdad.run import RunFolderError, run
+from kdad.runner.train import RunFolderError, run
 
 METHODS = ["rd", "stfpm"]
 DATA = ["synthetic", "mvtec", "visa", "mvtec3d", "folder"]
@@ -201,7 +201,7 @@ def test_interrupted_training_resumes(mvtec_root: Path, tmp_path: Path) -> None:
 
 def test_wandb_offline_run_holds_summary_and_media(mvtec_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_SILENT", raising=False)  # kdad.loggers silences W&B offline itself
+    monkeypatch.delenv("WANDB_SILENT", raising=False)  # kdad.runner.loggers silences W&B offline itself
     cfg = compose_config([*_mvtec(mvtec_root), *[s for s in SMALL if s != "logger=csv"], "logger=wandb"], tmp_path)
     run(cfg)
     offline = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))

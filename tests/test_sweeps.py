@@ -1,4 +1,4 @@
-"""Category sweeps (kdad.sweep): data.category=all, parallel launchers, resume, summary tables, W&B, DDP."""
+"""Category sweeps (kdad.runner.sweep): data.category=all, parallel launchers, resume, summary tables, W&B, DDP."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback
 from omegaconf import read_write
 
-from kdad import sweep
 from kdad.data.embedded import SYNTHETIC_CATEGORIES
-from kdad.report import RunResult, find_runs, main, markdown, table_rows, write_tables
-from kdad.run import run
+from kdad.runner import gpus, sweep
+from kdad.runner.report import RunResult, find_runs, main, markdown, table_rows, write_tables
+from kdad.runner.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -190,32 +190,32 @@ def test_launcher_configs_compose() -> None:
     assert _hydra_config(["hydra/launcher=slurm"]).hydra.launcher.partition is None  # the user's to set
     gpus = _hydra_config(["hydra/launcher=gpus"]).hydra
     assert gpus.launcher._target_.endswith("JoblibLauncher") and gpus.launcher.n_jobs >= 1
-    assert gpus.job.env_set[sweep.GPU_PER_JOB_ENV] == "1"
+    assert gpus.job.env_set[gpus.GPU_PER_JOB_ENV] == "1"
     ddp = _hydra_config(["trainer=ddp"]).trainer
     assert ddp.strategy.start_method in ("spawn", "fork")
 
 
 def test_gpu_leases_are_exclusive(tmp_path: Path) -> None:
-    with sweep.gpu_lease(tmp_path, count=2, first=1) as first, sweep.gpu_lease(tmp_path, count=2, first=1) as second:
+    with gpus.gpu_lease(tmp_path, count=2, first=1) as first, gpus.gpu_lease(tmp_path, count=2, first=1) as second:
         assert (first, second) == (1, 0)
-        with pytest.raises(TimeoutError), sweep.gpu_lease(tmp_path, count=2, poll_seconds=0.01, timeout=0.05):
+        with pytest.raises(TimeoutError), gpus.gpu_lease(tmp_path, count=2, poll_seconds=0.01, timeout=0.05):
             pass
-    with sweep.gpu_lease(tmp_path, count=2, first=1) as again:
+    with gpus.gpu_lease(tmp_path, count=2, first=1) as again:
         assert again == 1  # released
 
 
 def test_each_parallel_job_gets_its_own_gpu(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: 2)
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: 2)
     cfg = compose_config([], tmp_path)
-    with sweep.job_gpu(cfg):
+    with gpus.job_gpu(cfg):
         assert (cfg.trainer.devices, cfg.trainer.accelerator) == (1, "auto")  # not under hydra/launcher=gpus
-    monkeypatch.setenv(sweep.GPU_PER_JOB_ENV, "1")
+    monkeypatch.setenv(gpus.GPU_PER_JOB_ENV, "1")
     first, second = compose_config([], tmp_path), compose_config([], tmp_path)
-    with sweep.job_gpu(first), sweep.job_gpu(second):
+    with gpus.job_gpu(first), gpus.job_gpu(second):
         assert (first.trainer.devices, second.trainer.devices) == ([0], [1])
         assert first.trainer.accelerator == "gpu"
     two = compose_config(["trainer.devices=2"], tmp_path)
-    with pytest.raises(sweep.SweepError, match="one GPU"), sweep.job_gpu(two):
+    with pytest.raises(sweep.SweepError, match="one GPU"), gpus.job_gpu(two):
         pass
 
 

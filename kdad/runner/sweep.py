@@ -12,7 +12,7 @@
 Multirun jobs use the usual run folders (``hydra.sweep.subdir`` resolves to ``run_dir``), so re-running a sweep
 skips finished categories (their metrics.json) and resumes the interrupted one from ``checkpoints/last.ckpt``.
 
-:func:`job_gpu` pins one job to one free GPU when ``hydra/launcher=gpus`` runs jobs in parallel on one machine.
+One GPU per job under ``hydra/launcher=gpus``: kdad.runner.gpus.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +28,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kdad.report import DEFAULT_METRICS, RunResult, load_run, table_rows, write_tables
+from kdad.runner.report import DEFAULT_METRICS, RunResult, load_run, table_rows, write_tables
 
 log = logging.getLogger("kdad")
 
 ALL_CATEGORIES = "all"
 CATEGORY_KEY = "data.category"
-# Set by hydra/launcher=gpus (hydra.job.env_set): each job leases one GPU of the machine for itself.
-GPU_PER_JOB_ENV = "KDAD_GPU_PER_JOB"
 SUMMARY_NAME = "results"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-WANDB_TARGETS = ("kdad.loggers.make_wandb_logger", "lightning.pytorch.loggers.WandbLogger")
+WANDB_TARGETS = ("kdad.runner.loggers.make_wandb_logger", "lightning.pytorch.loggers.WandbLogger")
 _PLAIN_VALUE = re.compile(r"^[\w./+-]+$")
 
 
@@ -49,13 +45,6 @@ class SweepError(ValueError):
 
 
 # ------------------------------------------------------------------------------------- resolvers
-def visible_gpus() -> int:
-    """CUDA devices this process may use (honours CUDA_VISIBLE_DEVICES); 0 without CUDA."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def _relative_path(path: str, start: str) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(start))
 
@@ -63,7 +52,6 @@ def _relative_path(path: str, start: str) -> str:
 # hydra.sweep.subdir is joined to hydra.sweep.dir: relpath(run_dir, sweep dir) makes the job folder run_dir itself.
 OmegaConf.register_new_resolver("kdad.relpath", _relative_path, replace=True)
 # hydra/launcher=gpus runs as many jobs at once as the machine has GPUs (at least one).
-OmegaConf.register_new_resolver("kdad.gpus", lambda: max(1, visible_gpus()), replace=True)
 
 
 # ------------------------------------------------------------------------------------- category expansion
@@ -182,7 +170,7 @@ def log_summary_to_wandb(
     a few anomaly-map overlays per category. Offline unless W&B is set up (``wandb sync`` it later)."""
     import wandb
 
-    from kdad.loggers import wandb_is_configured
+    from kdad.runner.loggers import wandb_is_configured
 
     mode = str(OmegaConf.select(config, "logger.mode", default="auto"))
     offline = mode == "offline" or (mode == "auto" and not wandb_is_configured())
@@ -264,62 +252,3 @@ class SweepCallback(Callback):
             found = self.run_dirs if self.run_dirs is not None else [p.parent for p in sweep_dir.rglob("metrics.json")]
             finished = [d for d in found if (d / "metrics.json").is_file()]
             log_summary_to_wandb(config, sweep_dir, results, finished, self.metrics, text, self.wandb_overlays)
-
-
-# ------------------------------------------------------------------------------------- one GPU per job
-@contextmanager
-def gpu_lease(
-    lock_dir: Path, count: int, first: int = 0, poll_seconds: float = 5.0, timeout: float | None = None
-) -> Iterator[int]:
-    """Hold an exclusive lock on one of ``count`` GPUs (files in ``lock_dir``), trying ``first`` first; waits
-    while all are taken. Locks die with their process, so a killed job never blocks a GPU."""
-    import fcntl
-
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    order = [(first + i) % count for i in range(count)]
-    while True:
-        for index in order:
-            handle = (lock_dir / f"gpu{index}.lock").open("w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            try:
-                yield index
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-            return
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"no free GPU among {count} within {timeout} s (locks in {lock_dir})")
-        time.sleep(poll_seconds)
-
-
-@contextmanager
-def job_gpu(cfg: DictConfig) -> Iterator[None]:
-    """Under ``hydra/launcher=gpus``: train this job on one free GPU (``trainer.devices=[k]``).
-
-    Joblib reuses worker processes, so a device chosen through CUDA_VISIBLE_DEVICES would stick to the first job
-    of a worker; choosing the device index per job, under a lock, keeps one job per GPU whatever the order in
-    which jobs finish. No-op without the launcher's environment flag or without GPUs.
-    """
-    count = visible_gpus() if os.environ.get(GPU_PER_JOB_ENV) == "1" else 0
-    if count == 0:
-        yield
-        return
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-    if str(devices) not in ("1", "auto"):
-        raise SweepError(
-            f"hydra/launcher=gpus gives every job one GPU, but trainer.devices={devices}: use the default launcher "
-            "for multi-GPU jobs (trainer=ddp)"
-        )
-    hydra_cfg = HydraConfig.get()
-    job_num = int(OmegaConf.select(hydra_cfg, "job.num", default=0) or 0)
-    with gpu_lease(Path(str(hydra_cfg.sweep.dir)) / ".gpu_leases", count, first=job_num % count) as index:
-        with open_dict(cfg):
-            cfg.trainer.accelerator = "gpu"
-            cfg.trainer.devices = [index]
-        log.info("Job %d trains on GPU %d of %d", job_num, index, count)
-        yield

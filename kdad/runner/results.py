@@ -15,8 +15,8 @@ import numpy as np
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from kdad.methods.base import OverlaySample, TestRecord
-from kdad.visualize import overlay_panel
+from kdad.records import OverlaySample, TestRecord
+from kdad.runner.visualize import overlay_panel
 
 CONFIG_NAME = "config_resolved.yaml"
 

@@ -39,7 +39,7 @@ FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 # must import nothing (a failing or slow import would hide the error it reports).
 KDAD_USER_ERRORS = (
     ("kdad.data.errors", "DatasetError"),
-    ("kdad.sweep", "SweepError"),
+    ("kdad.runner.sweep", "SweepError"),
     ("kdad.blocks.weights", "WeightsUnavailableError"),
     ("kdad.methods.base", "NonFiniteLossError"),
 )
