@@ -133,6 +133,9 @@ REUSE_IGNORED_KEYS: tuple[str, ...] = (
     "data.pin_memory",
     "speed",
     "hydra",
+    # the per-benchmark foreground tables: the one a run uses is compared where it is used (data.foreground,
+    # synthesis.foreground)
+    "foreground",
 )
 REUSE_WAYS_OUT = (
     "Train this configuration there with overwrite=true (replaces the run it holds), or in a folder of its own "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,55 @@ def multistep_at_fractions(
     return MultiStepLR(optimizer, milestones=[int(f * epochs) for f in fractions], gamma=gamma)
 
 
+def stage_lengths(
+    max_epochs: int | None,
+    stage1_epochs: int | None = None,
+    stage2_epochs: int | None = None,
+    stage1_fraction: float = 0.5,
+    reuse_stage1: bool = False,
+) -> tuple[int, int]:
+    """Epochs of stage I and stage II in a run of ``max_epochs`` (the trainer's), see :class:`AANDModule`.
+
+    With neither length set, stage I is ``stage1_fraction * max_epochs`` epochs rounded half up (at least one,
+    leaving one for stage II) and stage II the rest; a set length is kept and the other stage gets the rest.
+    Lengths that do not add up to ``max_epochs``, or leave a stage without an epoch, raise ``ValueError``. With
+    ``reuse_stage1`` the run is stage II only.
+    """
+    if max_epochs is None or max_epochs < 1:
+        raise ValueError(f"AAND's stages are counted in trainer.max_epochs, which must be >= 1, got {max_epochs}")
+    if reuse_stage1:
+        if stage2_epochs is not None and stage2_epochs != max_epochs:
+            raise ValueError(
+                f"stage I is reused (method.stage1_ckpt), so the run is stage II only, but method.stage2_epochs="
+                f"{stage2_epochs} and trainer.max_epochs={max_epochs}: set trainer.max_epochs={stage2_epochs}, or "
+                "method.stage2_epochs=null to train stage II for trainer.max_epochs"
+            )
+        return 0, max_epochs
+    if stage1_epochs is None and stage2_epochs is None:
+        if max_epochs < 2:
+            raise ValueError(
+                f"AAND trains two stages of at least one epoch each: trainer.max_epochs={max_epochs} is too short "
+                "(or give method.stage1_ckpt=<a stage1.ckpt> to train stage II only)"
+            )
+        first = min(max(math.floor(stage1_fraction * max_epochs + 0.5), 1), max_epochs - 1)
+        return first, max_epochs - first
+    first = stage1_epochs if stage1_epochs is not None else max_epochs - stage2_epochs
+    second = stage2_epochs if stage2_epochs is not None else max_epochs - first
+    if first < 1 or second < 1 or first + second != max_epochs:
+        fix = (
+            f"trainer.max_epochs={stage1_epochs + stage2_epochs}"
+            if stage1_epochs is not None and stage2_epochs is not None
+            else "a longer trainer.max_epochs"
+        )
+        raise ValueError(
+            f"AAND's stages do not fit trainer.max_epochs={max_epochs}: method.stage1_epochs={stage1_epochs} and "
+            f"method.stage2_epochs={stage2_epochs} (null: the rest of the run) make {first} + {second} epochs, but "
+            f"each stage needs at least one and together they are the run. Set {fix}, or method.stage1_epochs=null "
+            "method.stage2_epochs=null to split trainer.max_epochs by method.stage1_fraction"
+        )
+    return first, second
+
+
 class AANDModule(AnomalyModule):
     """``AnomalyModule`` for a model trained in two consecutive stages (AAND), with manual optimisation.
 
@@ -39,12 +89,20 @@ class AANDModule(AnomalyModule):
     own optimiser from ``optimizer`` (a partial) and its own scheduler from ``scheduler`` (a partial called with
     ``optimizer=`` and ``epochs=`` the stage length, stepped once per epoch of that stage).
 
+    Stage lengths. The paper and the released code train stage I for 100 epochs, then stage II for 120. kdad trains
+    both in one Lightning run whose length is ``trainer.max_epochs``, like every other method, and derives the
+    stages from it when training starts
+    (:func:`stage_lengths`): by default stage I is ``stage1_fraction * max_epochs`` epochs (rounded) and stage II
+    the rest (0.5: 10 + 10 over the default 20 epochs), so ``trainer.max_epochs=N`` alone sets the run, also in a sweep
+    over methods. ``stage1_epochs`` / ``stage2_epochs`` fix a stage (the other one gets the rest); with both set
+    (the paper presets: 100 + 120, ``trainer.max_epochs=220``) they must add up to ``trainer.max_epochs`` or fit
+    stops with an error before any training. With ``stage1_ckpt`` all of ``trainer.max_epochs`` is stage II.
+
     Validation (checkpoint policies ``val_loss`` / ``best_on_test``) only counts stage II: stage-I epochs log NaN
     for the monitored value, which Lightning's ModelCheckpoint ranks last.
 
     (``kdad.methods.multi_optimizer.MultiOptimizerModule`` serves methods that step several optimisers within every
-    iteration; here
-    the stages follow each other by epoch, each with its own learning-rate schedule.)
+    iteration; here the stages follow each other by epoch, each with its own learning-rate schedule.)
     """
 
     def __init__(
@@ -52,8 +110,9 @@ class AANDModule(AnomalyModule):
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        stage1_epochs: int = 10,
-        stage2_epochs: int = 10,
+        stage1_epochs: int | None = None,
+        stage2_epochs: int | None = None,
+        stage1_fraction: float = 0.5,
         stage1_ckpt: str | None = None,
         stage1_output: str | None = None,
         name: str = "aand",
@@ -63,25 +122,33 @@ class AANDModule(AnomalyModule):
     ) -> None:
         super().__init__(model, optimizer, scheduler, name, validation, aupro_limit, overlay_count)
         self.automatic_optimization = False
-        if stage1_epochs < 0 or stage2_epochs < 1:
+        if not 0.0 < stage1_fraction < 1.0:
+            raise ValueError(f"stage1_fraction must be between 0 and 1 (exclusive), got {stage1_fraction}")
+        if (stage1_epochs is not None and stage1_epochs < 0) or (stage2_epochs is not None and stage2_epochs < 1):
             raise ValueError(f"need stage1_epochs >= 0 and stage2_epochs >= 1, got {stage1_epochs}, {stage2_epochs}")
         self.stage1_ckpt = str(stage1_ckpt) if stage1_ckpt else None
         if self.stage1_ckpt is None and stage1_epochs == 0:
             raise ValueError("stage1_epochs=0 trains no stage I: give method.stage1_ckpt=<a stage1.ckpt> to reuse one")
+        self.stage1_fraction = float(stage1_fraction)
+        # What the config asked for; the lengths in use are resolved against trainer.max_epochs at fit start.
         # A reused stage I is not trained again: the run is stage II only.
-        self.stage1_epochs = 0 if self.stage1_ckpt else int(stage1_epochs)
-        self.stage2_epochs = int(stage2_epochs)
+        self.requested_epochs = (None if self.stage1_ckpt else stage1_epochs, stage2_epochs)
+        self.stage1_epochs: int | None = 0 if self.stage1_ckpt else stage1_epochs
+        self.stage2_epochs: int | None = stage2_epochs
         self.stage1_output = Path(stage1_output) if stage1_output else None
         if self.stage1_ckpt:
             load_stage1(self, self.stage1_ckpt)
 
     # ---------------------------------------------------------------- schedule
     @property
-    def total_epochs(self) -> int:
+    def total_epochs(self) -> int | None:
+        """The run's length, where the config fixes both stages (else known once fit has started)."""
+        if self.stage1_epochs is None or self.stage2_epochs is None:
+            return None
         return self.stage1_epochs + self.stage2_epochs
 
     def stage_at(self, epoch: int) -> int:
-        return 1 if epoch < self.stage1_epochs else 2
+        return 1 if self.stage1_epochs and epoch < self.stage1_epochs else 2
 
     @property
     def stage(self) -> int:
@@ -90,14 +157,9 @@ class AANDModule(AnomalyModule):
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        if self.trainer.max_epochs != self.total_epochs:
-            reused = f" (stage I reused from {self.stage1_ckpt})" if self.stage1_ckpt else ""
-            raise ValueError(
-                f"{self.name} trains stage I for {self.stage1_epochs} epochs{reused} and stage II for "
-                f"{self.stage2_epochs} (method.stage1_epochs, method.stage2_epochs), i.e. {self.total_epochs} "
-                f"epochs, but trainer.max_epochs={self.trainer.max_epochs}. Set trainer.max_epochs={self.total_epochs} "
-                "or change the stage lengths."
-            )
+        self.stage1_epochs, self.stage2_epochs = stage_lengths(
+            self.trainer.max_epochs, *self.requested_epochs, self.stage1_fraction, reuse_stage1=bool(self.stage1_ckpt)
+        )
 
     def configure_optimizers(self) -> Any:
         optimizers = [self.optimizer_factory(params=self.model.stage_parameters(s)) for s in (1, 2)]
