@@ -11,11 +11,10 @@ import hydra
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures import write_mvtec
 from helpers import compose_config
+from omegaconf import DictConfig
 
 from kdad.blocks.losses import global_cosine_loss
-from kdad.compare import run_comparison
 from kdad.methods.aand import AANDModule, multistep_at_fractions
 from kdad.methods.aand.amplification import (
     ResidualAnomalyAmplification,
@@ -29,8 +28,10 @@ from kdad.methods.aand.losses import (
     hard_cosine_loss,
     hard_knowledge_distillation_loss,
 )
-from kdad.report import find_runs
-from kdad.run import run
+from kdad.methods.aand.module import stage_lengths
+from kdad.runner.compare import run_comparison
+from kdad.runner.report import find_runs
+from kdad.runner.train import run
 
 # ------------------------------------------------------------------------------------------------ RAA block
 
@@ -41,13 +42,17 @@ def test_gate_is_a_probability_of_abnormal_prototypes() -> None:
     with torch.no_grad():
         out = raa(features)
     assert out.gate.shape == (2, 1, 6, 7)
-    assert float(out.gate.min()) >= 0.0 and float(out.gate.max()) <= 1.0
-    # Making every prototype "normal-like" except one pushes the gate to 0; the reverse pushes it to 1.
+    # Identical prototypes draw equal attention: the gate is the abnormal share of the keys, 5 of 8, everywhere.
     with torch.no_grad():
-        query = F.normalize(raa.query(features + raa.position_encoding(6, 7, features)), dim=1)
-        raa.prototypes[:] = -query.mean((0, 2, 3))
-        raa.prototypes[:3] = query.mean((0, 2, 3))
+        raa.prototypes[:] = torch.randn(16)
+        torch.testing.assert_close(raa(features).gate, torch.full((2, 1, 6, 7), 5 / 8))
+    # Prototypes aligned with the queries attract the attention: normal ones push the gate down, abnormal ones up.
+    with torch.no_grad():
+        query = F.normalize(raa.query(features + raa.position_encoding(6, 7, features)), dim=1).mean((0, 2, 3))
+        raa.prototypes[:3], raa.prototypes[3:] = query, -query
         assert float(raa(features).gate.mean()) < 0.5
+        raa.prototypes[:3], raa.prototypes[3:] = -query, query
+        assert float(raa(features).gate.mean()) > 0.5
 
 
 def test_teacher_forcing_leaves_normal_positions_unchanged() -> None:
@@ -214,6 +219,54 @@ def _stages(stage1: int, stage2: int) -> list[str]:
     return [f"method.stage1_epochs={stage1}", f"method.stage2_epochs={stage2}", f"trainer.max_epochs={stage1 + stage2}"]
 
 
+UNSET_STAGES = ["method.stage1_epochs=null", "method.stage2_epochs=null"]
+
+
+def _composed_stages(cfg: DictConfig) -> tuple[int, int]:
+    """The stage lengths AANDModule.setup derives for this config's trainer."""
+    m = cfg.method
+    return stage_lengths(
+        cfg.trainer.max_epochs, m.stage1_epochs, m.stage2_epochs, m.stage1_fraction, bool(m.stage1_ckpt)
+    )
+
+
+def test_stage_lengths_follow_trainer_max_epochs() -> None:
+    assert stage_lengths(20) == (10, 10)  # the defaults: stage1_fraction 0.5, trainer.max_epochs 20
+    assert stage_lengths(5) == (3, 2) and stage_lengths(2) == (1, 1)  # rounded half up
+    assert stage_lengths(10, stage1_fraction=0.05) == (1, 9) and stage_lengths(10, stage1_fraction=0.99) == (9, 1)
+    assert stage_lengths(220, stage1_fraction=100 / 220) == (100, 120)
+    assert stage_lengths(220, 100, 120) == (100, 120)  # the paper presets
+    assert stage_lengths(20, stage1_epochs=5) == (5, 15) and stage_lengths(20, stage2_epochs=15) == (5, 15)
+    assert stage_lengths(7, reuse_stage1=True) == (0, 7) and stage_lengths(7, 3, 7, reuse_stage1=True) == (0, 7)
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "stage1", "stage2", "reuse", "message"),
+    [
+        (10, 100, 120, False, r"make 100 \+ 120 epochs.*Set trainer.max_epochs=220, or method.stage1_epochs=null"),
+        (10, 10, None, False, r"make 10 \+ 0 epochs.*Set a longer trainer.max_epochs"),
+        (1, None, None, False, r"two stages of at least one epoch each: trainer.max_epochs=1 is too short"),
+        (-1, None, None, False, r"must be >= 1, got -1"),
+        (3, None, 1, True, r"stage II only.*set trainer.max_epochs=1, or method.stage2_epochs=null"),
+    ],
+)
+def test_stage_lengths_that_do_not_fit_the_run_say_how_to_fix_them(
+    max_epochs: int, stage1: int | None, stage2: int | None, reuse: bool, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        stage_lengths(max_epochs, stage1, stage2, reuse_stage1=reuse)
+
+
+def test_trainer_max_epochs_alone_sets_the_run_as_for_every_method(tmp_path: Path) -> None:
+    """What `-m method=rd,aand trainer.max_epochs=10` composes: both jobs train 10 epochs."""
+    for method in ("rd", "aand"):
+        cfg = compose_config([f"method={method}", "trainer.max_epochs=10"], tmp_path)
+        assert cfg.trainer.max_epochs == 10
+    assert _composed_stages(cfg) == (5, 5)
+    module = hydra.utils.instantiate(cfg.method)
+    assert (module.stage1_epochs, module.stage2_epochs, module.total_epochs) == (None, None, None)  # until fit
+
+
 @pytest.mark.parametrize(
     ("data", "category", "foreground"),
     [
@@ -241,6 +294,12 @@ def test_paper_presets_compose_with_consistent_schedules(benchmark: str, tmp_pat
     assert cfg.method.name == "aand" and cfg.teacher.backbone == "wide_resnet50_2.tv_in1k"
     assert (cfg.method.stage1_epochs, cfg.method.stage2_epochs) == (100, 120)
     assert cfg.trainer.max_epochs == 220 and cfg.seed == 0
+    assert _composed_stages(cfg) == (100, 120)
+    # the paper's lengths are explicit: a shorter run has to say how to split (or drop them)
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=220, or method.stage1_epochs=null"):
+        _composed_stages(compose_config([f"experiment=paper/aand_{benchmark}", "trainer.max_epochs=22"], tmp_path))
+    shorter = [f"experiment=paper/aand_{benchmark}", "trainer.max_epochs=22", *UNSET_STAGES]
+    assert _composed_stages(compose_config(shorter, tmp_path)) == (11, 11)
     assert cfg.data.interpolation == "bicubic" and cfg.data.image_size == 256 and cfg.data.batch_size == 16
     assert cfg.synthesis.synthesizer.texture_source.root.endswith("dtd/images")
     assert cfg.method.optimizer.lr == 0.005 and list(cfg.method.scheduler.fractions) == [0.8, 0.9]
@@ -267,13 +326,6 @@ def test_model_forward_reports_the_stage1_map_and_refuses_batches_without_synthe
 # ------------------------------------------------------------------------------------------------ two-stage runs
 
 
-@pytest.fixture(scope="module")
-def mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mvtec")
-    write_mvtec(root, ("bottle",), n_train=8, n_test_good=3, n_per_defect=3)
-    return root
-
-
 def _mvtec(root: Path) -> list[str]:
     return ["data=mvtec", f"data.root={root}", "data.category=bottle", "method=aand", *SMALL]
 
@@ -285,7 +337,7 @@ def _amplifier_state(path: Path) -> dict[str, torch.Tensor]:
 
 def test_interrupted_between_stages_resumes_in_stage2_and_stage1_is_reusable(mvtec_root: Path, tmp_path: Path) -> None:
     interrupt = ["+callbacks.interrupt_at._target_=helpers.InterruptAt", "+callbacks.interrupt_at.epoch=1"]
-    cfg = compose_config([*_mvtec(mvtec_root), *_stages(1, 1), *interrupt], tmp_path)
+    cfg = compose_config([*_mvtec(mvtec_root), "trainer.max_epochs=2", *interrupt], tmp_path)  # 1 + 1 epochs
     checkpoints = Path(cfg.run_dir) / "checkpoints"
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -297,17 +349,17 @@ def test_interrupted_between_stages_resumes_in_stage2_and_stage1_is_reusable(mvt
     assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 1
     stage1 = _amplifier_state(checkpoints / "stage1.ckpt")
 
-    summary = run(compose_config([*_mvtec(mvtec_root), *_stages(1, 1)], tmp_path), quiet=True)
+    summary = run(compose_config([*_mvtec(mvtec_root), "trainer.max_epochs=2"], tmp_path), quiet=True)
     assert summary["epochs_trained"] == 2
     assert {"image_auroc", "stage1/image_auroc", "stage1/pixel_aupro"} <= set(summary["metrics"])
     final = _amplifier_state(checkpoints / "last.ckpt")
     assert final.keys() == stage1.keys() and all(torch.equal(final[k], stage1[k]) for k in stage1)
 
-    # A new run reusing that stage I trains stage II only, and must be told the right total.
+    # A new run reusing that stage I trains stage II only, for trainer.max_epochs; an explicit stage II must agree.
     reuse = [*_mvtec(mvtec_root), f"method.stage1_ckpt={checkpoints / 'stage1.ckpt'}", "tag=reuse"]
     with pytest.raises(ValueError, match="trainer.max_epochs=1"):
         run(compose_config([*reuse, "method.stage2_epochs=1", "trainer.max_epochs=3"], tmp_path), quiet=True)
-    reused_cfg = compose_config([*reuse, "method.stage2_epochs=1", "trainer.max_epochs=1"], tmp_path)
+    reused_cfg = compose_config([*reuse, "trainer.max_epochs=1"], tmp_path)
     reused = run(reused_cfg, quiet=True)
     assert reused["epochs_trained"] == 1
     assert reused["metrics"]["stage1/image_auroc"] == pytest.approx(summary["metrics"]["stage1/image_auroc"])

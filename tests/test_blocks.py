@@ -1,4 +1,4 @@
-"""Shared blocks: teacher weight sources, OCBE + decoder shapes, anomaly-map head, losses."""
+"""Shared blocks: teacher weight sources, OCBE + decoder shapes, anomaly-map head, losses; kdad's user errors."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ import timm
 import torch
 from scipy.ndimage import gaussian_filter
 
+import kdad.data
 from kdad.blocks.anomaly_map import AnomalyMapHead, GaussianBlur, cosine_distance, fuse_scales, image_score
 from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.losses import distillation_loss, global_cosine_loss, pixel_cosine_loss, stfpm_loss
-from kdad.blocks.teacher import Teacher
+from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD, Teacher
 from kdad.blocks.weights import WeightsUnavailableError, convert_efficientnet_lite0
+from kdad.data import DatasetError
+from kdad.data.decode import check_choice as check_data_choice
+from kdad.errors import ConfigError, UserError, check_choice
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +236,32 @@ def test_losses_zero_for_identical_features_and_positive_otherwise() -> None:
     for loss in (global_cosine_loss, pixel_cosine_loss, stfpm_loss):
         assert loss(t, t).abs() < 1e-5
         assert loss(t, s) > 0.01
-    assert torch.allclose(stfpm_loss(t, s, "sum"), 3 * stfpm_loss(t, s, "mean"))
+    for loss in (global_cosine_loss, pixel_cosine_loss, stfpm_loss):  # the batch sum is B times the batch mean
+        assert torch.allclose(loss(t, s, batch_reduction="sum"), 3 * loss(t, s, batch_reduction="mean"))
+    # Each distance's default is its reference's: RD's cosine losses average over the batch, STFPM's code sums.
+    assert torch.equal(global_cosine_loss(t, s), global_cosine_loss(t, s, batch_reduction="mean"))
+    assert torch.equal(stfpm_loss(t, s), stfpm_loss(t, s, batch_reduction="sum"))
     with pytest.raises(ValueError, match="unknown distillation loss"):
         distillation_loss("l1", t, s)
+
+
+def test_choices_are_checked_one_way_and_user_errors_are_marked() -> None:
+    assert check_choice("sum", ("sum", "product"), "scale fusion") == "sum"
+    with pytest.raises(ConfigError, match=r"^unknown scale fusion 'max': choose one of sum, product$"):
+        AnomalyMapHead(fusion="max")
+    with pytest.raises(ConfigError, match="unknown residual block kind 'wide'"):
+        OneClassBottleneck([8, 16, 32], block="wide")
+    with pytest.raises(DatasetError, match="unknown mask_resize 'area'"):
+        check_data_choice("area", ("nearest",), "mask_resize")
+    with pytest.raises(WeightsUnavailableError, match="unknown weight package .* 'mobilenet'"):
+        Teacher(weights="package:mobilenet")
+    # what the user fixes is a UserError (reported without a traceback); the old base classes still hold
+    assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
+    assert issubclass(DatasetError, UserError) and issubclass(DatasetError, ValueError)
+    assert issubclass(WeightsUnavailableError, UserError) and issubclass(WeightsUnavailableError, RuntimeError)
+
+
+def test_one_definition_of_the_imagenet_statistics() -> None:
+    """The teacher's input convention is the data layer's normalisation, by construction (one object)."""
+    assert (IMAGENET_MEAN, IMAGENET_STD) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert kdad.data.IMAGENET_MEAN is IMAGENET_MEAN and kdad.data.IMAGENET_STD is IMAGENET_STD

@@ -1,4 +1,7 @@
-"""Data modules: validation sources, loaders (seeded shuffle, eval order, workers), describe, Lightning."""
+"""Data modules: validation sources, loaders (seeded shuffle, eval order, workers), describe, Lightning.
+
+On the shared ``mvtec_root`` (tests/conftest.py): bottle, 8 training images, 3 good + 2 defect types x 3 test images.
+"""
 
 from __future__ import annotations
 
@@ -10,51 +13,44 @@ import albumentations as A
 import lightning as L
 import pytest
 import torch
-from fixtures import write_mvtec
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
 from kdad.data import DatasetError, MVTecDataModule
 from kdad.data.synthesis import SimplexNoisePatch
 
 
-@pytest.fixture
-def mvtec_root(tmp_path: Path) -> str:
-    write_mvtec(tmp_path, n_train=10)
-    return str(tmp_path)
-
-
 def _paths(loader: torch.utils.data.DataLoader) -> list[str]:
     return [path for batch in loader for path in batch["image_path"]]
 
 
-def test_val_source_none(mvtec_root: str) -> None:
+def test_val_source_none(mvtec_root: Path) -> None:
     module = MVTecDataModule(mvtec_root, "bottle", image_size=16)
     assert module.val_dataset is None and module.val_dataloader() == []
-    assert len(module.train_dataset) == 10
+    assert len(module.train_dataset) == 8
 
 
-def test_val_source_train_split_holds_out_seeded_normals(mvtec_root: str) -> None:
+def test_val_source_train_split_holds_out_seeded_normals(mvtec_root: Path) -> None:
     module = MVTecDataModule(mvtec_root, "bottle", image_size=16, val_source="train_split", val_split=0.3)
     train = {s.image_path for s in module.train_dataset.samples}
     val = {s.image_path for s in module.val_dataset.samples}
-    assert len(train) == 7 and len(val) == 3 and not train & val
+    assert len(train) == 6 and len(val) == 2 and not train & val
     assert all(s.label == 0 for s in module.val_dataset.samples)
     assert module.val_dataset.transform is None
     same = MVTecDataModule(mvtec_root, "bottle", image_size=16, val_source="train_split", val_split=0.3)
     other = MVTecDataModule(mvtec_root, "bottle", image_size=16, val_source="train_split", val_split=0.3, seed=1)
     assert {s.image_path for s in same.val_dataset.samples} == val
     assert {s.image_path for s in other.val_dataset.samples} != val
-    assert module.describe()["counts"]["validation"] == {"total": 3, "good": 3}
+    assert module.describe()["counts"]["validation"] == {"total": 2, "good": 2}
 
 
-def test_val_source_test(mvtec_root: str) -> None:
+def test_val_source_test(mvtec_root: Path) -> None:
     module = MVTecDataModule(mvtec_root, "bottle", image_size=16, val_source="test")
     assert module.val_dataset is module.test_dataset
     assert _paths(module.val_dataloader()) == _paths(module.test_dataloader())
     assert module.describe()["counts"]["validation"] == module.describe()["counts"]["test"]
 
 
-def test_train_loader_shuffles_with_seed_eval_loaders_in_order(mvtec_root: str) -> None:
+def test_train_loader_shuffles_with_seed_eval_loaders_in_order(mvtec_root: Path) -> None:
     def train_order(seed: int) -> list[str]:
         return _paths(MVTecDataModule(mvtec_root, "bottle", image_size=16, batch_size=3, seed=seed).train_dataloader())
 
@@ -65,17 +61,17 @@ def test_train_loader_shuffles_with_seed_eval_loaders_in_order(mvtec_root: str) 
     loader = module.test_dataloader()
     assert loader.batch_size == 5 and not loader.drop_last
     assert _paths(loader) == [str(s.image_path) for s in module.test_dataset.samples]
-    assert len(_paths(module.train_dataloader())) == 10  # no drop_last in training either
+    assert len(_paths(module.train_dataloader())) == 8  # no drop_last in training either
 
 
-def test_batches_collate(mvtec_root: str) -> None:
+def test_batches_collate(mvtec_root: Path) -> None:
     batch = next(iter(MVTecDataModule(mvtec_root, "bottle", image_size=16, eval_batch_size=8).test_dataloader()))
     assert batch["image"].shape == (8, 3, 16, 16) and batch["mask"].shape == (8, 1, 16, 16)
     assert batch["label"].dtype == torch.int64 and batch["has_mask"].dtype == torch.bool
     assert len(batch["image_path"]) == 8 and len(batch["defect_type"]) == 8
 
 
-def test_two_workers_with_augmentations(tmp_path: Path, mvtec_root: str) -> None:
+def test_two_workers_with_augmentations(tmp_path: Path, mvtec_root: Path) -> None:
     def make() -> MVTecDataModule:
         return MVTecDataModule(
             mvtec_root,
@@ -91,15 +87,15 @@ def test_two_workers_with_augmentations(tmp_path: Path, mvtec_root: str) -> None
     assert loader.persistent_workers and loader.num_workers == 2
     epochs = [list(loader) for _ in range(2)]  # two epochs on the same persistent workers
     for batches in epochs:
-        assert sum(len(b["image_path"]) for b in batches) == 10
+        assert sum(len(b["image_path"]) for b in batches) == 8
         assert all(b["image"].shape[1:] == (3, 16, 16) for b in batches)
     # same seed, same augmented batches: worker seeding is reproducible
     again = list(make().train_dataloader())
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(epochs[0], again, strict=True))
-    assert sum(len(b["image_path"]) for b in make().test_dataloader()) == 8
+    assert sum(len(b["image_path"]) for b in make().test_dataloader()) == 9
 
 
-def test_auto_workers_where_data_preparation_would_stall_the_model(mvtec_root: str) -> None:
+def test_auto_workers_where_data_preparation_would_stall_the_model(mvtec_root: Path) -> None:
     def make(**kwargs: object) -> MVTecDataModule:
         return MVTecDataModule(mvtec_root, "bottle", image_size=16, num_workers="auto", pin_memory="auto", **kwargs)
 
@@ -120,18 +116,18 @@ def test_auto_workers_where_data_preparation_would_stall_the_model(mvtec_root: s
         MVTecDataModule(mvtec_root, "bottle", num_workers=-1)
 
 
-def test_train_augmentations_accept_a_compose(mvtec_root: str) -> None:
+def test_train_augmentations_accept_a_compose(mvtec_root: Path) -> None:
     compose = A.Compose([A.HorizontalFlip(p=1.0)])
     module = MVTecDataModule(mvtec_root, "bottle", image_size=16, train_augmentations=compose)
     assert module.train_dataset.transform is compose and module.test_dataset.transform is None
 
 
-def test_describe(mvtec_root: str) -> None:
+def test_describe(mvtec_root: Path) -> None:
     info = MVTecDataModule(mvtec_root, "bottle", image_size=24, interpolation="bicubic").describe()
-    assert info["benchmark"] == "mvtec" and info["category"] == "bottle" and info["root"] == mvtec_root
+    assert info["benchmark"] == "mvtec" and info["category"] == "bottle" and info["root"] == str(mvtec_root)
     assert (info["image_size"], info["interpolation"], info["mask_resize"]) == (24, "bicubic", "nearest")
     assert info["normalisation"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    assert info["counts"]["train"] == {"total": 10, "good": 10}
+    assert info["counts"]["train"] == {"total": 8, "good": 8}
     assert info["has_pixel_masks"] is True
 
 
@@ -155,8 +151,8 @@ class _TinyModule(L.LightningModule):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize(("val_source", "validated"), [("none", 0), ("test", 8)])
-def test_lightning_fit_and_test(mvtec_root: str, val_source: str, validated: int) -> None:
+@pytest.mark.parametrize(("val_source", "validated"), [("none", 0), ("test", 9)])
+def test_lightning_fit_and_test(mvtec_root: Path, val_source: str, validated: int) -> None:
     module = MVTecDataModule(mvtec_root, "bottle", image_size=16, batch_size=4, val_source=val_source)
     model = _TinyModule()
     trainer = L.Trainer(
@@ -170,4 +166,4 @@ def test_lightning_fit_and_test(mvtec_root: str, val_source: str, validated: int
     )
     trainer.fit(model, datamodule=module)
     trainer.test(model, datamodule=module, verbose=False)
-    assert model.seen == {"val": validated, "test": 8}
+    assert model.seen == {"val": validated, "test": 9}

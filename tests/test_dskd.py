@@ -8,16 +8,17 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from fixtures import write_mvtec
 from helpers import compose_config
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import fuse_scales
+from kdad.blocks.losses import DISTANCES
 from kdad.blocks.teacher import Teacher
 from kdad.methods.base import AnomalyModule
-from kdad.methods.dskd.model import DISTANCES, DualStudentDistillation
+from kdad.methods.dskd.model import DualStudentDistillation
 from kdad.methods.dskd.students import RunningLevelMean, fuse_students
-from kdad.run import run
+from kdad.methods.stfpm import StudentTeacherPyramid
+from kdad.runner.train import run
 
 
 def _random_resnet18() -> Teacher:
@@ -131,7 +132,7 @@ def test_single_student_ablations(lite0: Teacher) -> None:
     assert se_only.embedding is None and se_only.decoder is None
     parts = se_only.train().loss({"image": torch.randn(2, 3, 64, 64)})
     assert set(parts) == {"loss", "se"}
-    assert [g["name"] for g in se_only.trainable_parameters()] == ["se"]
+    assert list(se_only.parameter_groups()) == ["se"]
     with torch.no_grad():
         out = se_only.eval()(torch.randn(2, 3, 64, 64))
     assert out.auxiliary == {} and out.anomaly_map.shape == (2, 64, 64)
@@ -141,10 +142,19 @@ def test_single_student_ablations(lite0: Teacher) -> None:
     assert set(parts) == {"loss", "sd"}
     parts["loss"].backward()
     assert _grad_norm(sd_only.encoder) > 0  # Se is trained, by Sd's loss alone
-    assert [g["name"] for g in sd_only.trainable_parameters()] == ["se", "df_sd"]
+    assert list(sd_only.parameter_groups()) == ["se", "df_sd"]
     with pytest.warns(UserWarning, match="random, frozen encoder"):
         frozen_front = DualStudentDistillation(lite0, students="sd", df_gradient=False)
-    assert [g["name"] for g in frozen_front.trainable_parameters()] == ["df_sd"]
+    assert list(frozen_front.parameter_groups()) == ["df_sd"]
+
+
+def test_encoder_student_is_stfpms_student(lite0: Teacher) -> None:
+    """One builder (kdad.blocks.teacher.encoder_student): with the same seed Se starts as STFPM's student."""
+    torch.manual_seed(3)
+    se = DualStudentDistillation(lite0).encoder.state_dict()
+    torch.manual_seed(3)
+    student = StudentTeacherPyramid(lite0).student.state_dict()
+    assert list(se) == list(student) and all(torch.equal(se[k], student[k]) for k in se)
 
 
 def test_teacher_never_in_the_optimiser_and_se_lr_is_its_own_group(lite0: Teacher) -> None:
@@ -214,7 +224,7 @@ def test_invalid_switches_fail_early(lite0: Teacher) -> None:
     for kwargs, match in (
         ({"students": "three"}, "students"),
         ({"map_norm": "zscore"}, "map_norm"),
-        ({"loss": "l1"}, "distance"),
+        ({"loss": "l1"}, "unknown distillation loss 'l1'"),
         ({"student_fusion": "max"}, "student fusion"),
         ({"batch_reduction": "max"}, "batch_reduction"),
     ):
@@ -238,12 +248,11 @@ def test_paper_preset_composes(tmp_path: Path) -> None:
     assert cfg.method.model.students == "both" and cfg.method.model.df_gradient
 
 
-def test_end_to_end_run_reports_each_students_metrics(tmp_path: Path) -> None:
-    write_mvtec(tmp_path / "mvtec", ("bottle",), n_train=8, n_test_good=3, n_per_defect=3)
+def test_end_to_end_run_reports_each_students_metrics(mvtec_root: Path, tmp_path: Path) -> None:
     overrides = [
         "method=dskd",
         "data=mvtec",
-        f"data.root={tmp_path / 'mvtec'}",
+        f"data.root={mvtec_root}",
         "data.category=bottle",
         "data.image_size=64",
         "data.batch_size=4",

@@ -15,7 +15,7 @@ from kdad.blocks.teacher import Teacher
 from kdad.methods.rd_expert import RDExpertModule
 from kdad.methods.rd_expert.injection import GuidedInjection, InjectedDecoder
 from kdad.methods.rd_expert.model import ReverseDistillationExpert, level_masks, student_loss, teacher_loss
-from kdad.run import run
+from kdad.runner.train import run
 
 SMALL = ["data.image_size=64", "logger=none", "data.category=leatherette", "data.batch_size=25"]
 
@@ -167,9 +167,11 @@ def test_stages_update_teacher_then_student(method: str, teacher_bn: str, tmp_pa
     assert any(p.grad is not None for p in groups["student"])
     with pytest.raises(StopIteration):
         next(stages)
-    # The validation loss (checkpoint=val_loss) works on plain normal batches: clean pairs with empty masks.
+    # The validation loss (checkpoint=val_loss) works on plain normal batches: clean pairs with empty masks, so the
+    # mask term L1(1 - cos(T(x), E(x)), 0) is exactly the normal term mean(1 - cos(T(x), E(x))).
     parts = model.loss({"image": image})
-    assert torch.isfinite(parts["loss"]) and float(parts["t_mask"]) >= 0
+    assert torch.isfinite(parts["loss"]) and float(parts["t_normal"]) > 0
+    torch.testing.assert_close(parts["t_mask"], parts["t_normal"])
 
 
 @pytest.mark.parametrize("teacher_bn", ["train", "eval"])
@@ -269,8 +271,9 @@ def test_rd_expert_presets_resolve_iterations_per_category(
 def test_expert_methods_pick_the_benchmarks_foreground_rule(
     expert_method: str, data: str, category: str | None, method: str, tmp_path: Path
 ) -> None:
-    """Without a synthesis override, the data group selects URD's synthesis with the foreground rule of its
-    benchmark (MVTec: GrabCut / Otsu / none per category; VisA: GrabCut everywhere)."""
+    """Without a synthesis override, the method selects URD's recipe (synthesis=draem_rd_expert) and the data group
+    the foreground rule of its benchmark (conf/foreground/<data>.yaml, table rd_expert; MVTec: GrabCut / Otsu / none
+    per category; VisA: GrabCut everywhere)."""
     overrides = [f"method={expert_method}", f"data={data}"] + ([f"data.category={category}"] if category else [])
     cfg = compose_config(overrides, tmp_path)
     foreground = cfg.data.foreground

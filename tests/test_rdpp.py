@@ -18,7 +18,7 @@ from kdad.blocks.projection import (
 )
 from kdad.methods.multi_optimizer import MultiOptimizerModule
 from kdad.methods.rdpp.model import ReverseDistillationPP
-from kdad.run import run
+from kdad.runner.train import run
 
 SMALL = ["data.image_size=64", "logger=none", "data.category=leatherette"]
 

@@ -17,6 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdad.errors import check_choice
+
+SCALE_FUSIONS = ("sum", "product")
+IMAGE_SCORES = ("max", "mean_topk")
+
 
 def cosine_distance(teacher: Tensor, student: Tensor, eps: float = 1e-8) -> Tensor:
     """1 - cos over channels per position: [B,C,H,W] x2 -> [B,1,H,W], in float32 whatever the inputs' precision.
@@ -33,8 +38,7 @@ def cosine_distance(teacher: Tensor, student: Tensor, eps: float = 1e-8) -> Tens
 
 def fuse_scales(maps: Sequence[Tensor], size: tuple[int, int], mode: str = "sum", align_corners: bool = True) -> Tensor:
     """Upsample each [B,1,h,w] map to ``size`` and combine them by ``mode`` ('sum' or 'product')."""
-    if mode not in ("sum", "product"):
-        raise ValueError(f"unknown scale fusion '{mode}' (use 'sum' or 'product')")
+    check_choice(mode, SCALE_FUSIONS, "scale fusion")
     fused = None
     for m in maps:
         # Accumulated in place: no stacked copy of every full-resolution map.
@@ -144,11 +148,9 @@ class AnomalyMapHead(nn.Module):
         topk_ratio: float = 0.01,
     ) -> None:
         super().__init__()
-        if score not in {"max", "mean_topk"}:
-            raise ValueError(f"unknown image score '{score}' (use 'max' or 'mean_topk')")
-        self.fusion = fusion
+        self.fusion = check_choice(fusion, SCALE_FUSIONS, "scale fusion")
+        self.score = check_choice(score, IMAGE_SCORES, "image score")
         self.align_corners = align_corners
-        self.score = score
         self.topk_ratio = topk_ratio
         self.blur = GaussianBlur(sigma)
 

@@ -1,28 +1,60 @@
-"""Distillation losses over lists of feature maps (one per tapped level, shallow to deep)."""
+"""Distillation distances over lists of feature maps (one per tapped level, shallow to deep): the one registry.
+
+Every distance takes ``(teacher, student, batch_reduction)`` and sums its per-level terms. ``batch_reduction``
+says how the per-image terms are combined over the batch; each distance's default is its reference's reduction
+(RD's cosine losses average over the batch, STFPM's released code sums), which is what ``distillation_loss``
+uses. DSKD asks every distance for the batch mean, so that the weights of its two students mean the same
+whatever the distance.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdad.errors import check_choice
 
-def global_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor]) -> Tensor:
-    """RD4AD's released loss: sum over levels of mean over the batch of 1 - cos(vec(T_k), vec(S_k)).
+BATCH_REDUCTIONS = ("mean", "sum")
+
+
+class Distance(Protocol):
+    def __call__(self, teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = ...) -> Tensor: ...
+
+
+def _over_batch(per_image: Tensor, batch_reduction: str) -> Tensor:
+    """[B] per-image terms -> their batch mean or sum."""
+    if check_choice(batch_reduction, BATCH_REDUCTIONS, "batch_reduction") == "sum":
+        return per_image.sum()
+    return per_image.mean()
+
+
+def global_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = "mean") -> Tensor:
+    """RD4AD's released loss: sum over levels of 1 - cos(vec(T_k), vec(S_k)), averaged over the batch.
 
     Each whole C*H*W map is one vector. The paper's per-pixel form underperforms (RD4AD issue #22), and this
     flattened form is what reproduces the published numbers.
     """
     return sum(
-        (1.0 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)).mean()
+        _over_batch(1.0 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1), batch_reduction)
         for t, s in zip(teacher, student, strict=True)
     )
 
 
-def pixel_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor]) -> Tensor:
-    """The RD paper's form: sum over levels of the mean per-pixel 1 - cos over channels."""
-    return sum((1.0 - F.cosine_similarity(t, s, dim=1)).mean() for t, s in zip(teacher, student, strict=True))
+def pixel_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = "mean") -> Tensor:
+    """The RD paper's form: sum over levels of the mean per-pixel 1 - cos over channels.
+
+    With ``batch_reduction='mean'`` the mean runs over all pixels of the batch at once (every image has the same
+    number of pixels, so this is the batch mean of the per-image means).
+    """
+    check_choice(batch_reduction, BATCH_REDUCTIONS, "batch_reduction")
+    total = 0.0
+    for t, s in zip(teacher, student, strict=True):
+        per_pixel = 1.0 - F.cosine_similarity(t, s, dim=1)
+        total = total + (per_pixel.mean() if batch_reduction == "mean" else per_pixel.flatten(1).mean(1).sum())
+    return total
 
 
 def stfpm_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = "sum") -> Tensor:
@@ -34,15 +66,22 @@ def stfpm_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduc
     total = 0.0
     for t, s in zip(teacher, student, strict=True):
         per_image = (F.normalize(t, dim=1) - F.normalize(s, dim=1)).pow(2).sum(1).mean((1, 2))
-        total = total + (per_image.sum() if batch_reduction == "sum" else per_image.mean())
+        total = total + _over_batch(per_image, batch_reduction)
     return total
 
 
-DISTANCES = {"global_cosine": global_cosine_loss, "pixel_cosine": pixel_cosine_loss, "stfpm": stfpm_loss}
+DISTANCES: dict[str, Distance] = {
+    "global_cosine": global_cosine_loss,
+    "pixel_cosine": pixel_cosine_loss,
+    "stfpm": stfpm_loss,
+}
+
+
+def distance(name: str) -> Distance:
+    """The registered distance ``name`` (a config value), checked."""
+    return DISTANCES[check_choice(name, sorted(DISTANCES), "distillation loss")]
 
 
 def distillation_loss(name: str, teacher: Sequence[Tensor], student: Sequence[Tensor]) -> Tensor:
-    """Look up a distillation distance by its config name."""
-    if name not in DISTANCES:
-        raise ValueError(f"unknown distillation loss '{name}'; choose one of {sorted(DISTANCES)}")
-    return DISTANCES[name](teacher, student)
+    """The distance ``name`` with its reference's batch reduction."""
+    return distance(name)(teacher, student)

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdad.errors import check_choice
+
 SSOT_MODES = ("released", "per_sample", "off")
 
 
@@ -185,8 +187,7 @@ class ProjectionLoss(nn.Module):
         points: int = 256,
     ) -> None:
         super().__init__()
-        if ssot not in SSOT_MODES:
-            raise ValueError(f"unknown ssot mode '{ssot}'; choose one of {SSOT_MODES}")
+        check_choice(ssot, SSOT_MODES, "ssot mode")
         if len(weights) != 3 or sum(weights) <= 0:
             raise ValueError(f"weights are (ssot, recon, contrast) with a positive sum, got {list(weights)}")
         self.ssot = ssot

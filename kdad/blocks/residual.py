@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdad.errors import check_choice
+
+BLOCK_KINDS = ("bottleneck", "basic")
+
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [
@@ -39,7 +43,7 @@ class ResidualUnit(nn.Module):
         kind: str = "bottleneck",
     ) -> None:
         super().__init__()
-        if kind == "bottleneck":
+        if check_choice(kind, BLOCK_KINDS, "residual block kind") == "bottleneck":
             self.body = nn.Sequential(
                 nn.Conv2d(in_ch, width, 1, bias=False),
                 nn.BatchNorm2d(width),
@@ -50,7 +54,7 @@ class ResidualUnit(nn.Module):
                 nn.Conv2d(width, out_ch, 1, bias=False),
                 nn.BatchNorm2d(out_ch),
             )
-        elif kind == "basic":
+        else:
             self.body = nn.Sequential(
                 _resample(in_ch, out_ch, stride, upsample, 3),
                 nn.BatchNorm2d(out_ch),
@@ -58,8 +62,6 @@ class ResidualUnit(nn.Module):
                 nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
                 nn.BatchNorm2d(out_ch),
             )
-        else:
-            raise ValueError(f"unknown residual block kind '{kind}' (use 'bottleneck' or 'basic')")
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             kernel = 2 if upsample and stride == 2 else 1

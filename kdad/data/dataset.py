@@ -20,14 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD
 from kdad.data.cache import DecodeCache
 from kdad.data.decode import INTERPOLATIONS, MASK_RESIZE_MODES, check_choice, decode_image, decode_mask
 from kdad.data.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32)
 
@@ -49,8 +48,7 @@ class Sample:
         object.__setattr__(self, "image_path", Path(self.image_path))
         if self.mask_path is not None:
             object.__setattr__(self, "mask_path", Path(self.mask_path))
-        if self.label not in (0, 1):
-            raise DatasetError(f"sample {self.image_path} has label {self.label!r}; labels are 0 or 1.")
+        check_choice(self.label, (0, 1), f"label (sample {self.image_path})")
 
 
 # uint8 value -> normalised float per channel, [3, 256]: one table look-up per pixel instead of four full-image

@@ -9,11 +9,14 @@ crop. This module adds the data layer's errors (DatasetError) and the mask decod
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
+from kdad import errors
 from kdad.data.errors import DatasetError
 from kdad.imaging import DECODE_ERRORS, INTERPOLATIONS, ImageReadError, open_rgb, resize_image
 
@@ -21,12 +24,12 @@ __all__ = ["INTERPOLATIONS", "MASK_RESIZE_MODES", "check_choice", "decode_image"
 
 MASK_RESIZE_MODES = ("nearest", "bilinear_threshold")
 
+T = TypeVar("T")
 
-def check_choice(value: str, allowed: tuple[str, ...] | list[str], option: str) -> str:
-    """Raise a DatasetError unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise DatasetError(f"unknown {option} '{value}': choose one of {', '.join(allowed)}.")
-    return value
+
+def check_choice(value: T, allowed: Collection[T], option: str) -> T:
+    """:func:`kdad.errors.check_choice` for data options: raises a DatasetError, the data layer's one error type."""
+    return errors.check_choice(value, allowed, option, error=DatasetError)
 
 
 def read_size(path: Path) -> tuple[int, int]:

@@ -17,16 +17,18 @@ from typing import Any
 
 from kdad.data.datamodule import AnomalyDataModule, hold_out
 from kdad.data.dataset import Sample
+from kdad.data.decode import check_choice
 from kdad.data.errors import DatasetError
 from kdad.data.files import find_mask, index_by_stem, list_images, list_subdirs, require_dir
 
 MASK_SUFFIXES = ("", "_mask")
 
 
-def find_abnormal_samples(abnormal_dir: Path, mask_dir: Path | None) -> list[Sample]:
-    """Defect images: directly in ``abnormal_dir`` (one type) or in its sub-folders (one type each)."""
+def find_abnormal_samples(abnormal_dir: Path, mask_dir: Path | None, skip: tuple[str, ...] = ()) -> list[Sample]:
+    """Defect images: directly in ``abnormal_dir`` (one type) or in its sub-folders (one type each), leaving out
+    the sub-folders named in ``skip``."""
     direct = list_images(abnormal_dir)
-    groups = [(d, images) for d in list_subdirs(abnormal_dir) if (images := list_images(d))]
+    groups = [(d, images) for d in list_subdirs(abnormal_dir) if d.name not in skip and (images := list_images(d))]
     if direct and groups:
         raise DatasetError(
             f"{abnormal_dir} holds images both directly and in sub-folders "
@@ -51,6 +53,20 @@ def find_abnormal_samples(abnormal_dir: Path, mask_dir: Path | None) -> list[Sam
         masks = index_by_stem(group_masks)
         samples += [Sample(p, find_mask(p, masks, group_masks, MASK_SUFFIXES), 1, defect) for p in images]
     return samples
+
+
+def find_labelled_samples(folder: Path, mask_dir: Path | None = None, normal: str = "good") -> list[Sample]:
+    """A labelled folder in MVTec test layout: ``<folder>/good/`` normal images and ``<folder>/<defect>/``
+    defect images, with optional masks in ``mask_dir/<defect>/`` named ``<stem>[_mask].<ext>`` (the layout of the
+    ``f1_val`` threshold folder, ``threshold.val_dir``)."""
+    folder = require_dir(folder, "labelled threshold folder", "Set threshold.val_dir (good/ and <defect>/ folders).")
+    if mask_dir is not None:
+        mask_dir = require_dir(mask_dir, "mask folder", "Set threshold.mask_dir (mirrors val_dir's defect folders).")
+    normal_dir = require_dir(folder / normal, "normal image folder", f"{folder} needs a '{normal}/' sub-folder.")
+    normals = [Sample(p, None, 0, normal) for p in list_images(normal_dir)]
+    if not normals:
+        raise DatasetError(f"no normal images in {normal_dir}: a threshold needs normal and defect images.")
+    return normals + find_abnormal_samples(folder, mask_dir, skip=(normal,))
 
 
 class FolderDataModule(AnomalyDataModule):
@@ -137,10 +153,9 @@ class FolderDataModule(AnomalyDataModule):
         return self._normals
 
     def find_samples(self, split: str) -> list[Sample]:
+        check_choice(split, ("train", "test"), f"folder split (data under {self.data_root})")
         if split == "train":
             return self._normal_split()[0]
-        if split != "test":
-            raise DatasetError(f"folder data under {self.data_root} has no '{split}' split; splits are train and test.")
         abnormal_dir = require_dir(
             self._path(self.abnormal_dir),
             "defect image folder",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
-from kdad.data.errors import DatasetError
+from kdad.data.decode import check_choice
 from kdad.data.files import find_mask, index_by_stem, list_images, list_subdirs, require_dir
 
 MVTEC_CATEGORIES = (
@@ -50,11 +50,10 @@ def find_mvtec_samples(category_dir: Path, split: str, mask_suffixes: Sequence[s
         f"Expected the MVTec layout: {category_dir}/train/good/*.png, {category_dir}/test/<defect>/*.png and "
         f"{category_dir}/{GROUND_TRUTH}/<defect>/<stem>{mask_suffixes[0]}.png."
     )
+    check_choice(split, ("train", "test"), f"MVTec split (in {category_dir})")
     if split == "train":
         folder = require_dir(category_dir / "train" / NORMAL, "training folder", layout)
         return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
-    if split != "test":
-        raise DatasetError(f"the MVTec layout has no '{split}' split in {category_dir}; splits are train and test.")
     return _find_test_samples(category_dir, mask_suffixes, layout)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
-from kdad.data.errors import DatasetError
+from kdad.data.decode import check_choice
 from kdad.data.files import find_mask, index_by_stem, list_images, list_subdirs, require_dir
 
 MVTEC3D_CATEGORIES = (
@@ -30,8 +30,7 @@ def find_mvtec3d_samples(category_dir: Path, split: str) -> list[Sample]:
         f"Expected the MVTec 3D-AD layout: {category_dir}/{{train,validation,test}}/<label>/rgb/NNN.png with "
         f"masks in {category_dir}/test/<label>/gt/NNN.png."
     )
-    if split not in ("train", "validation", "test"):
-        raise DatasetError(f"MVTec 3D-AD has no '{split}' split in {category_dir}; splits are train, validation, test.")
+    check_choice(split, ("train", "validation", "test"), f"MVTec 3D-AD split (in {category_dir})")
     if split in ("train", "validation"):
         folder = require_dir(category_dir / split / NORMAL / "rgb", f"{split} folder", layout)
         return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]

@@ -14,6 +14,7 @@ from typing import Any
 
 from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
+from kdad.data.decode import check_choice
 from kdad.data.errors import DatasetError
 from kdad.data.mvtec import find_mvtec_samples, mvtec_layout_categories
 
@@ -65,8 +66,7 @@ def raw_categories(root: Path) -> list[str]:
 def find_raw_samples(root: Path, category: str, split: str) -> list[Sample]:
     """Samples of ``split`` for ``category`` from the raw VisA split CSV."""
     csv_path = root / SPLIT_CSV
-    if split not in ("train", "test"):
-        raise DatasetError(f"VisA's {csv_path} has no '{split}' split; splits are train and test.")
+    check_choice(split, ("train", "test"), f"VisA split (in {csv_path})")
     rows = read_split_csv(csv_path)
     if not any(row["object"] == category for row in rows):
         raise DatasetError(
@@ -78,8 +78,7 @@ def find_raw_samples(root: Path, category: str, split: str) -> list[Sample]:
         if row["object"] != category or row["split"] != split:
             continue
         where = f"{csv_path} line {line}"
-        if row["label"] not in ("normal", "anomaly"):
-            raise DatasetError(f"{where}: label '{row['label']}' is neither 'normal' nor 'anomaly'.")
+        check_choice(row["label"], ("normal", "anomaly"), f"label ({where})")
         image = root / row["image"]
         if not image.is_file():
             raise DatasetError(

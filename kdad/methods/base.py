@@ -1,21 +1,36 @@
-"""The shared LightningModule: training loop glue and the one test path of every method.
+"""The model contract of every method, and the shared LightningModule with the one test path.
 
-A method is a plain ``nn.Module`` with
+The contract (:class:`AnomalyModel`; every ``kdad/methods/<name>/model.py`` subclasses it):
 
-* ``loss(batch) -> dict`` (key ``"loss"`` plus any parts worth logging), used for training and for the
-  normal-only validation loss of the ``val_loss`` checkpoint policy,
-* ``forward(images) -> AnomalyOutput`` in eval mode (image scores [B] and anomaly maps [B,H,W]),
-* ``trainable_parameters()``.
+* ``forward(images) -> AnomalyOutput`` in eval mode, for ImageNet-normalised images [B,3,H,W]: image scores
+  ``score`` [B] (higher = more anomalous), anomaly maps ``anomaly_map`` [B,H,W] at the input resolution, and
+  optional ``auxiliary`` (score, map) pairs of the same shapes, evaluated on their own as ``<name>/<metric>``.
+* ``loss(batch) -> dict[str, Tensor]`` with the scalar ``"loss"`` to minimise plus any parts worth logging. It is
+  the training loss and the normal-only validation loss of ``checkpoint=val_loss``. Batches hold ``image``;
+  methods trained on pseudo-anomalies read them with :func:`pseudo_anomalies`.
+* ``parameter_groups() -> dict[str, list[Parameter]]``: what training updates, by group name, in a fixed order;
+  the one declaration of trainable parameters. A frozen teacher is never in a group. :class:`AnomalyModule`
+  builds one optimiser with one torch parameter group per named group (``name`` set, so learning-rate monitors
+  label them); :class:`~kdad.methods.multi_optimizer.MultiOptimizerModule` one optimiser per named group
+  (``method.optimizers.<group>``). ``parameter_options()`` adds per-group optimiser options such as a learning
+  rate (DSKD's ``se_lr``); ``trainable_parameters()`` is the flat list, derived.
+* Checkpoints: what inference needs is the model's state dict *minus* its frozen pretrained teachers (direct
+  children with ``frozen=True`` and a ``weights`` source, i.e. :class:`~kdad.blocks.teacher.Teacher`), which are
+  rebuilt from their weight source, plus the ``kdad`` block ``{"method": name, "frozen": {prefix: {"backbone",
+  "weights"}}}`` that names the method and each left-out teacher; :class:`AnomalyModule` writes and checks both.
+  Everything else a model needs at test time (trained weights, running statistics such as DSKD's normal levels)
+  must be a parameter or a persistent buffer.
 
-``AnomalyModule`` wraps it: optimiser/scheduler from partial configs, a finite-loss guard, and the test path
+``AnomalyModule`` wraps a model: optimiser/scheduler from partial configs, a finite-loss guard, and the test path
 maps -> scores -> metrics (``kdad.metrics``) -> per-image records and overlay samples, computed once here for
-every method. Writing files is the job of ``kdad.results``.
+every method. Writing files is the job of ``kdad.runner.results``.
 """
 
 from __future__ import annotations
 
+import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +41,24 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD
+from kdad.errors import ConfigError, check_choice
 from kdad.metrics import AnomalyMetrics
+from kdad.metrics.thresholds import POLICIES as THRESHOLD_POLICIES
+from kdad.metrics.thresholds import NormalScoreCalibrator, Thresholds, manual_threshold
+from kdad.records import OverlaySample, TestRecord
 
 VALIDATION_MODES = ("none", "loss", "metrics")
+#: Thresholded figures added to ``test_metrics`` (and the printed table); counts stay in ``thresholded_metrics``.
+THRESHOLDED_TABLE_KEYS = (
+    "image_precision",
+    "image_recall",
+    "image_fpr",
+    "image_f1",
+    "pixel_precision",
+    "pixel_recall",
+    "pixel_f1",
+    "pixel_iou",
+)
 
 
 @dataclass
@@ -41,20 +71,39 @@ class AnomalyOutput:
     auxiliary: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
-@dataclass
-class TestRecord:
-    image_path: str
-    defect_type: str
-    label: int
-    score: float
+class AnomalyModel(nn.Module, abc.ABC):
+    """A method's networks and losses (see the module docstring for the contract)."""
+
+    @abc.abstractmethod
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        """Eval mode: scores [B], maps [B,H,W] at the resolution of ``images`` [B,3,H,W], optional auxiliary pairs."""
+
+    @abc.abstractmethod
+    def loss(self, batch: dict) -> dict[str, Tensor]:
+        """``{"loss": scalar to minimise, **parts to log}`` for one batch."""
+
+    @abc.abstractmethod
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group name, in optimiser order; frozen teachers are in no group."""
+
+    def parameter_options(self) -> dict[str, dict[str, Any]]:
+        """Optimiser options per group name (e.g. ``{"se": {"lr": 0.01}}``) over the optimiser's defaults."""
+        return {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every trainable parameter, group after group."""
+        return [p for group in self.parameter_groups().values() for p in group]
 
 
-@dataclass
-class OverlaySample:
-    image: np.ndarray  # uint8 HxWx3
-    anomaly_map: np.ndarray  # float32 HxW
-    mask: np.ndarray | None  # bool HxW
-    record: TestRecord
+def optimizer_groups(model: AnomalyModel, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Torch parameter groups of ``model``'s named groups (all, or ``names`` in that order), options applied."""
+    groups = model.parameter_groups()
+    options = model.parameter_options()
+    unknown = sorted(set(options) - set(groups))
+    if unknown:
+        raise ConfigError(f"optimiser options for {unknown}, which are not parameter groups ({sorted(groups)})")
+    selected = list(groups) if names is None else list(names)
+    return [{"params": groups[name], "name": name, **options.get(name, {})} for name in selected]
 
 
 def pseudo_anomalies(batch: dict) -> tuple[Tensor, Tensor]:
@@ -74,9 +123,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class AnomalyModule(L.LightningModule):
+    """The LightningModule of every method with one optimiser: ``model`` follows :class:`AnomalyModel`.
+
+    Args:
+        model: the method.
+        optimizer: partial optimiser, called with ``params=`` the model's parameter groups.
+        scheduler: optional partial scheduler, called with ``optimizer=``.
+        name: method name, stored in checkpoints and checked when one is loaded.
+        validation: what validation computes: ``none``, ``loss`` (checkpoint=val_loss) or ``metrics``.
+        aupro_limit: FPR limit of the AU-PRO.
+        overlay_count: test images kept for overlays, spread evenly over the test set.
+    """
+
     def __init__(
         self,
-        model: nn.Module,
+        model: AnomalyModel,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         name: str = "method",
@@ -85,8 +146,7 @@ class AnomalyModule(L.LightningModule):
         overlay_count: int = 12,
     ) -> None:
         super().__init__()
-        if validation not in VALIDATION_MODES:
-            raise ValueError(f"validation must be one of {VALIDATION_MODES}, got '{validation}'")
+        check_choice(validation, VALIDATION_MODES, "validation")
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -98,11 +158,19 @@ class AnomalyModule(L.LightningModule):
         self.test_images_seen = 0
         self.test_records: list[TestRecord] = []
         self.overlay_samples: list[OverlaySample] = []
+        # Decision thresholds (configure_thresholds; none unless configured), computed by each test.
+        self.threshold_policy: str | None = None
+        self.threshold_fpr = 0.01
+        self.threshold_manual: tuple[float | None, float | None] = (None, None)
+        self.thresholds: Thresholds | None = None
+        self.thresholded_metrics: dict[str, float | int] = {}
+        self._calibration: NormalScoreCalibrator | AnomalyMetrics | None = None
+        self._calibration_masks_complete = True
         self._reset_eval_state()
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.model.trainable_parameters())
+        optimizer = self.optimizer_factory(params=optimizer_groups(self.model))
         if self.scheduler_factory is None:
             return optimizer
         return {
@@ -217,9 +285,106 @@ class AnomalyModule(L.LightningModule):
         self.test_metrics = {k: float(v) for k, v in metrics.items()}
         # Images the metrics saw: the test set's size when evaluation ran in one process (kdad.run checks it).
         self.test_images_seen = self._metrics.n_images
+        if self.threshold_policy is not None:
+            self._apply_thresholds()
         loggable = {f"test/{k}": v for k, v in self.test_metrics.items() if math.isfinite(v)}
         if loggable:
             self.log_dict(loggable)
+
+    # ---------------------------------------------------------------- decision thresholds
+    def configure_thresholds(
+        self, policy: str, fpr: float = 0.01, image: float | None = None, pixel: float | None = None
+    ) -> None:
+        """Have every test compute decision thresholds (NOK iff ``score > threshold``) with ``policy``.
+
+        anomalib's default is the adaptive F1 threshold, F1-optimal on its validation set, which for MVTec is
+        the test set: that needs defect images and, on the test set, leaks the test labels into the figures.
+        kdad's default ``normal_quantile`` needs neither: the threshold is the score quantile with false-positive
+        rate ``fpr`` on normal images the model never trained on (``datamodule.calibration_dataloader()``),
+        which is what a deployment can do. ``f1_val`` fits the F1-optimal threshold on a labelled folder the
+        user provides (anomalib's scheme on real validation data), ``f1_test`` on the test set (benchmark tables
+        only, recorded as optimistic), ``manual`` takes ``image`` (required) and ``pixel`` as given. The
+        calibration runs at test start with the tested weights.
+        """
+        check_choice(policy, THRESHOLD_POLICIES, "threshold.policy")
+        if policy == "manual" and image is None:
+            raise ConfigError("threshold.policy=manual needs threshold.image (and optionally threshold.pixel)")
+        self.threshold_policy = policy
+        self.threshold_fpr = float(fpr)
+        self.threshold_manual = (
+            None if image is None else float(image),
+            None if pixel is None else float(pixel),
+        )
+
+    def on_test_start(self) -> None:
+        self.thresholds = None
+        self.thresholded_metrics = {}
+        self._calibration = None
+        if self.threshold_policy not in ("normal_quantile", "f1_val"):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        loader = datamodule.calibration_dataloader() if hasattr(datamodule, "calibration_dataloader") else None
+        if loader is None:
+            hint = "threshold.holdout > 0" if self.threshold_policy == "normal_quantile" else "threshold.val_dir"
+            raise ConfigError(
+                f"threshold.policy={self.threshold_policy} found no calibration images: set {hint} "
+                "(the data module's calibration split), or use threshold=manual / f1_test"
+            )
+        self._calibrate(loader)
+
+    def _calibrate(self, loader: Iterable[dict]) -> None:
+        """Run the tested weights over the calibration images and keep what the thresholds need."""
+        quantile = self.threshold_policy == "normal_quantile"
+        calibration = (
+            NormalScoreCalibrator(pixel=True) if quantile else AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
+        )
+        self._calibration_masks_complete = True
+        with torch.no_grad(), self.trainer.strategy.precision_plugin.forward_context():
+            for batch in loader:
+                output: AnomalyOutput = self.model(batch["image"].to(self.device))
+                scores, maps = output.score.float(), output.anomaly_map.float()
+                if quantile:
+                    if bool((batch["label"] != 0).any()):
+                        raise ValueError("normal_quantile calibration images must all be normal (label 0)")
+                    calibration.update(scores, maps)
+                    continue
+                labels = batch["label"].long()
+                if bool(((labels == 1) & ~batch["has_mask"].bool()).any()):
+                    self._calibration_masks_complete = False
+                calibration.update(scores, labels.to(scores.device), maps, (batch["mask"][:, 0] > 0.5).to(maps.device))
+        self._calibration = calibration
+
+    def _compute_thresholds(self) -> Thresholds:
+        policy = self.threshold_policy
+        if policy == "normal_quantile":
+            assert isinstance(self._calibration, NormalScoreCalibrator)
+            return self._calibration.compute(self.threshold_fpr)
+        if policy == "f1_val":
+            assert isinstance(self._calibration, AnomalyMetrics)
+            found = self._calibration.f1_thresholds("f1_val")
+            return found if self._calibration_masks_complete else Thresholds(found.image)
+        if policy == "f1_test":
+            found = self._metrics.f1_thresholds("f1_test")
+            return found if self._all_anomalies_have_masks else Thresholds(found.image)
+        image, pixel = self.threshold_manual
+        assert image is not None
+        # The display range (normalised scores) of a manual threshold is the test scores' range.
+        scores = [r.score for r in self.test_records]
+        low, high = (min(scores), max(scores)) if scores else (None, None)
+        return Thresholds(
+            manual_threshold(image, "image", score_min=low, score_max=high),
+            None if pixel is None else manual_threshold(pixel, "pixel"),
+        )
+
+    def _apply_thresholds(self) -> None:
+        """Thresholds of the configured policy, and the test set's figures at them: the full set (rates,
+        counts, thresholds) in ``thresholded_metrics``, the rates also in ``test_metrics``."""
+        self.thresholds = self._compute_thresholds()
+        pixel = self.thresholds.pixel
+        use_pixel = pixel is not None and self._all_anomalies_have_masks
+        figures = self._metrics.thresholded(self.thresholds.image.value, pixel.value if use_pixel else None)
+        self.thresholded_metrics = dict(figures)
+        self.test_metrics.update({k: float(figures[k]) for k in THRESHOLDED_TABLE_KEYS if k in figures})
 
     # ---------------------------------------------------------------- checkpoints
     def _frozen_prefixes(self) -> list[str]:
@@ -245,6 +410,10 @@ class AnomalyModule(L.LightningModule):
                 for p in prefixes
             },
         }
+        thresholds = getattr(self, "thresholds", None)
+        if thresholds is not None:
+            checkpoint["kdad"]["threshold_policy"] = self.threshold_policy
+            checkpoint["kdad"]["thresholds"] = thresholds.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         info = checkpoint.get("kdad", {})

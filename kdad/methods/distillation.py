@@ -1,20 +1,24 @@
-"""The common shape of a teacher-student method: features -> distillation loss, and features -> map."""
+"""The common shape of a teacher-student method: features -> distillation loss, and features -> map.
+
+RD, STFPM and RD++ (through RD) distil with one distance between two pyramids; RD with Expert has its own losses
+but maps exactly like them (discrepancy of the inference pyramids through the map head), so it reuses ``forward``.
+"""
 
 from __future__ import annotations
 
 import abc
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from kdad.blocks.anomaly_map import AnomalyMapHead
 from kdad.blocks.losses import distillation_loss
-from kdad.methods.base import AnomalyOutput
+from kdad.methods.base import AnomalyModel, AnomalyOutput
 
 
-class FeatureDistillation(nn.Module, abc.ABC):
-    """Subclasses define ``features(images) -> (teacher_features, student_features)`` and
-    ``trainable_parameters()``; training minimises ``loss_name`` between the two pyramids and inference maps
-    their discrepancy with ``anomaly_map``."""
+class FeatureDistillation(AnomalyModel):
+    """Subclasses define ``features(images) -> (teacher_features, student_features)`` and ``parameter_groups()``;
+    training minimises ``loss_name`` (a ``kdad.blocks.losses`` distance) between the two pyramids unless a subclass
+    overrides ``loss``, and inference maps their discrepancy with ``anomaly_map``."""
 
     loss_name: str
     anomaly_map: AnomalyMapHead

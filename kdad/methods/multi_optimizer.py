@@ -20,16 +20,17 @@ kdad decisions:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from torch import Tensor, nn
+from torch import Tensor
 
-from kdad.methods.base import AnomalyModule
+from kdad.methods.base import AnomalyModel, AnomalyModule, optimizer_groups
 
 
 @dataclass
@@ -41,10 +42,12 @@ class OptimizerStep:
     logs: dict[str, Tensor] = field(default_factory=dict)
 
 
-class MultiOptimizerModel(Protocol):
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]: ...
+class MultiOptimizerModel(AnomalyModel):
+    """An :class:`~kdad.methods.base.AnomalyModel` trained by one optimiser per parameter group."""
 
-    def optimizer_steps(self, batch: dict) -> Iterator[OptimizerStep]: ...
+    @abc.abstractmethod
+    def optimizer_steps(self, batch: dict) -> Iterator[OptimizerStep]:
+        """Yield the iteration's backward passes in order; the module steps each one's optimisers in between."""
 
 
 def _no_closure() -> None:
@@ -55,8 +58,7 @@ class MultiOptimizerModule(AnomalyModule):
     """AnomalyModule with one optimiser per parameter group of the model, stepped stage by stage.
 
     Args:
-        model: a method with ``parameter_groups()`` and ``optimizer_steps(batch)`` (plus the usual ``loss``,
-            ``forward`` and ``trainable_parameters``).
+        model: a :class:`MultiOptimizerModel`.
         optimizers: group name -> partial optimiser (``_partial_`` config), one per parameter group.
         accumulate_grad_batches: step every this many batches (gradients summed in between).
         selection_metrics: metric names averaged into ``val/method_selection`` during metric validation.
@@ -65,7 +67,7 @@ class MultiOptimizerModule(AnomalyModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MultiOptimizerModel,
         optimizers: Mapping[str, Callable[..., torch.optim.Optimizer]],
         accumulate_grad_batches: int = 1,
         selection_metrics: Sequence[str] | None = None,
@@ -88,8 +90,9 @@ class MultiOptimizerModule(AnomalyModule):
         self.selection_metrics = list(selection_metrics or [])
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        groups = self.model.parameter_groups()
-        return [self.optimizer_factories[name](params=groups[name]) for name in self.optimizer_names]
+        return [
+            self.optimizer_factories[name](params=optimizer_groups(self.model, [name])) for name in self.optimizer_names
+        ]
 
     def _named_optimizers(self) -> dict[str, LightningOptimizer]:
         optimizers = self.optimizers()

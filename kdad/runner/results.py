@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from kdad.deploy.postprocess import decide, normalize_scores
 from kdad.records import OverlaySample, TestRecord
 from kdad.runner.visualize import overlay_panel
 
@@ -30,6 +31,19 @@ METRIC_LABELS = {
     "pixel_aupro": "AUPRO@0.3 (standard)",
     "pixel_aupro_per_image": "PRO (RD per-image)",
 }
+#: Figures at the run's decision threshold (``threshold.policy``); the table names the policy after them.
+THRESHOLDED_LABELS = {
+    "image_precision": "I-Precision",
+    "image_recall": "I-Recall",
+    "image_fpr": "I-FPR",
+    "image_f1": "I-F1",
+    "pixel_precision": "P-Precision",
+    "pixel_recall": "P-Recall",
+    "pixel_f1": "P-F1",
+    "pixel_iou": "P-IoU",
+}
+#: Threshold policies whose figures are optimistic (fitted on the test set they are reported on).
+OPTIMISTIC_THRESHOLD_POLICIES = ("f1_test",)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -68,13 +82,22 @@ def write_metrics(run_dir: Path, summary: Mapping[str, Any]) -> Path:
     return path
 
 
-def write_scores(run_dir: Path, records: Sequence[TestRecord]) -> Path:
+def write_scores(
+    run_dir: Path, records: Sequence[TestRecord], image_threshold: Mapping[str, Any] | None = None
+) -> Path:
+    """scores.csv: one row per test image with its raw score and, given the run's image threshold record
+    (``Thresholds.image.to_dict()``), the display score ``normalized_score`` (threshold -> 0.5, anomalib's
+    min-max scheme, :func:`kdad.deploy.postprocess.normalize_scores`) and the ``decision`` OK/NOK (NOK iff
+    score > threshold); both columns are empty without a threshold."""
     path = run_dir / "scores.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image_path", "defect_type", "label", "score"])
+        writer.writerow(["image_path", "defect_type", "label", "score", "normalized_score", "decision"])
         for r in records:
-            writer.writerow([r.image_path, r.defect_type, r.label, f"{r.score:.6g}"])
+            extra = ["", ""]
+            if image_threshold is not None:
+                extra = [f"{normalize_scores(r.score, image_threshold):.6g}", decide(r.score, image_threshold["value"])]
+            writer.writerow([r.image_path, r.defect_type, r.label, f"{r.score:.6g}", *extra])
     return path
 
 
@@ -103,10 +126,22 @@ def write_overlays(run_dir: Path, samples: Sequence[OverlaySample], records: Seq
     return paths
 
 
-def format_table(metrics: Mapping[str, float], title: str) -> str:
-    """A small two-column markdown table of the reported metrics."""
-    rows = [f"| {METRIC_LABELS.get(k, k)} | {_fmt(v)} |" for k, v in metrics.items()]
+def format_table(metrics: Mapping[str, float], title: str, threshold_policy: str | None = None) -> str:
+    """A small two-column markdown table of the reported metrics; figures at the decision threshold are
+    labelled with ``threshold_policy`` (and as optimistic for ``f1_test``)."""
+    rows = [f"| {metric_label(k, threshold_policy)} | {_fmt(v)} |" for k, v in metrics.items()]
     return "\n".join([f"### {title}", "", "| metric | value |", "|---|---|", *rows])
+
+
+def metric_label(key: str, threshold_policy: str | None = None) -> str:
+    """Table label of a metrics.json key, e.g. ``I-F1 @ normal_quantile`` for a thresholded figure."""
+    name = key.split("/")[-1]
+    if name in THRESHOLDED_LABELS:
+        prefix = key[: -len(name)]
+        policy = threshold_policy or "threshold"
+        suffix = ", optimistic" if policy in OPTIMISTIC_THRESHOLD_POLICIES else ""
+        return f"{prefix}{THRESHOLDED_LABELS[name]} @ {policy}{suffix}"
+    return METRIC_LABELS.get(key, key)
 
 
 def _fmt(value: float) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -27,10 +28,12 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from kdad.methods.base import AnomalyModule
+from kdad.metrics import DEFAULT_FPR
 from kdad.runner.cli import ConfigError
 from kdad.runner.loggers import finish_wandb, offline_run_hint, quiet_lightning_tips
 from kdad.runner.results import (
     CONFIG_NAME,
+    OPTIMISTIC_THRESHOLD_POLICIES,
     format_table,
     per_defect_scores,
     read_config,
@@ -54,6 +57,13 @@ CHECKPOINT_NOTES = {
     "last": "weights after the final epoch (RD4AD protocol; no selection)",
     "val_loss": "lowest loss on a held-out normal-only validation split (STFPM protocol)",
     "best_on_test": "epoch with the best TEST metrics: paper replication only, optimistic (test-set selection)",
+}
+THRESHOLD_NOTES = {
+    "normal_quantile": "score quantile at the target FPR on normal images never trained on (no defect image, no test "
+    "label used)",
+    "f1_val": "F1-optimal on the labelled validation folder threshold.val_dir",
+    "f1_test": "F1-optimal on the TEST set: benchmark reporting only, optimistic (test-set selection)",
+    "manual": "given by the user (threshold.image / threshold.pixel)",
 }
 
 
@@ -245,12 +255,33 @@ def _remove_outputs(run_dir: Path) -> None:
 
 
 def results_report(summary: Mapping[str, Any], title: str, run_dir: Path) -> str:
-    """The lines a run ends with: the metrics table, the checkpoint policy and the run folder."""
+    """The lines a run ends with: the metrics table, the checkpoint and threshold policies and the run folder."""
     policy = summary["checkpoint_policy"]
     note = summary.get("checkpoint_note") or CHECKPOINT_NOTES.get(policy, "")
-    return "\n".join(
-        [format_table(summary["metrics"], title), f"checkpoint policy: {policy} ({note})", f"run folder: {run_dir}"]
-    )
+    threshold_policy = summary.get("threshold_policy")
+    lines = [format_table(summary["metrics"], title, threshold_policy), f"checkpoint policy: {policy} ({note})"]
+    lines += threshold_lines(summary)
+    return "\n".join([*lines, f"run folder: {run_dir}"])
+
+
+def threshold_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The threshold policy, the thresholds, and the estimate's caveat when it has one (few calibration images)."""
+    policy = summary.get("threshold_policy")
+    thresholds = summary.get("thresholds")
+    if not policy or not thresholds:
+        return []
+    note = summary.get("threshold_note") or THRESHOLD_NOTES.get(policy, "")
+    values = [f"{level} {record['value']:.6g}" for level, record in thresholds.items() if record]
+    lines = [f"threshold policy: {policy} ({note}): {', '.join(values)} (NOK iff score > threshold)"]
+    image = thresholds["image"]
+    if policy == "normal_quantile":
+        lines.append(
+            f"  calibrated on {image['n']} normal images ({summary.get('threshold_calibration', {}).get('source')}); "
+            f"FPR there {image['achieved_fpr']:.3g}, true FPR <= {image['fpr_upper_95']:.3g} (95 % bound)"
+        )
+        if image.get("note"):
+            lines.append(f"  note: {image['note']}")
+    return lines
 
 
 def _title(summary: Mapping[str, Any], cfg: DictConfig) -> str:
@@ -293,6 +324,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
 def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Build, train (resuming last.ckpt), test and write the run folder; {} where this process does not test."""
     datamodule, module = build_modules(cfg)
+    _configure_thresholds(cfg, module)
     logger = build_logger(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=logger)
     _check_strategy(trainer)
@@ -322,12 +354,67 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary["test_images"] = _test_images_seen(module, datamodule)
     if tester is not trainer:
         summary["test_devices"] = "one device, full test set (after multi-process training)"
-    write_scores(run_dir, module.test_records)
+    summary.update(_threshold_summary(module, datamodule))
+    _store_thresholds(run_dir, test_ckpt, module)
+    write_scores(run_dir, module.test_records, module.thresholds.image.to_dict() if module.thresholds else None)
     overlays = write_overlays(run_dir, module.overlay_samples, module.test_records)
     _save_review_cases(cfg, run_dir, module, datamodule, tester)
     _log_results(logger, summary, overlays)
     write_metrics(run_dir, summary)
     return summary
+
+
+def _configure_thresholds(cfg: DictConfig, module: AnomalyModule) -> None:
+    """``threshold.*`` of the run config onto the module (runs composed without the group compute none)."""
+    threshold = cfg.get("threshold")
+    if not threshold:
+        return
+    fpr = threshold.get("fpr")
+    module.configure_thresholds(
+        threshold.policy,
+        fpr=DEFAULT_FPR if fpr is None else fpr,
+        image=threshold.get("image"),
+        pixel=threshold.get("pixel"),
+    )
+
+
+def _threshold_summary(module: AnomalyModule, datamodule: Any) -> dict[str, Any]:
+    """The metrics.json entries of the decision thresholds: policy, records, figures and calibration data."""
+    if module.thresholds is None:
+        return {}
+    policy = module.threshold_policy
+    out: dict[str, Any] = {
+        "threshold_policy": policy,
+        "threshold_note": THRESHOLD_NOTES[policy],
+        "threshold_optimistic": policy in OPTIMISTIC_THRESHOLD_POLICIES,
+        "thresholds": module.thresholds.to_dict(),
+        "thresholded": module.thresholded_metrics,
+    }
+    if policy in ("normal_quantile", "f1_val"):
+        out["threshold_calibration"] = {
+            "source": getattr(datamodule, "calibration_source", None),
+            "images": module.thresholds.image.n_images,
+        }
+    return out
+
+
+def _store_thresholds(run_dir: Path, test_ckpt: str | None, module: AnomalyModule) -> Path | None:
+    """Add the thresholds to the tested checkpoint of this run (the policy's best, or last.ckpt when the weights in
+    memory after training were tested), in place and atomically; a checkpoint outside the run folder (train=false
+    with another run's ckpt_path) is left as it is. The file is updated rather than re-saved by the trainer, so
+    its training state (resuming) stays exactly what training wrote."""
+    if module.thresholds is None:
+        return None
+    path = Path(test_ckpt) if test_ckpt else resume_checkpoint(run_dir)
+    if path is None or not path.is_file() or run_dir.resolve() not in path.resolve().parents:
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    info = state.setdefault("kdad", {})
+    info.update(threshold_policy=module.threshold_policy, thresholds=module.thresholds.to_dict())
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _check_strategy(trainer: L.Trainer) -> None:

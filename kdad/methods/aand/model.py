@@ -23,9 +23,9 @@ stage. At the end of stage I the RAA weights are written to ``stage1.ckpt``; ``s
 from such a file (or any AAND checkpoint) and trains stage II only. ``trainer.max_epochs`` must equal the sum of
 the stage lengths (checked at fit start), so the schedules cannot silently disagree.
 
-Not reproduced (documented in docs/aand.md): test-set model selection in both stages (gate precision for stage I,
-I-AUROC for stage II; ``checkpoint=best_on_test`` gives the latter's analogue) and the early stop at test
-I-AUROC > 0.999.
+Not reproduced (documented in ``kdad/methods/aand/README.md``): test-set model selection in both stages (gate
+precision for stage I, I-AUROC for stage II; ``checkpoint=best_on_test`` gives the latter's analogue) and the early
+stop at test I-AUROC > 0.999.
 """
 
 from __future__ import annotations
@@ -41,16 +41,19 @@ from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.losses import DISTANCES, distillation_loss
 from kdad.blocks.teacher import Teacher
+from kdad.errors import check_choice
 from kdad.methods.aand.amplification import ResidualAnomalyAmplifier, level_mask
 from kdad.methods.aand.losses import amplification_loss, binary_focal_loss, hard_knowledge_distillation_loss
-from kdad.methods.base import AnomalyOutput
+from kdad.methods.base import AnomalyModel, AnomalyOutput
 
 log = logging.getLogger(__name__)
 
 AMPLIFIER_PREFIX = "model.amplifier."
+# The parameter group each stage trains (one optimiser per stage, see AANDModule).
+STAGE_GROUPS = {1: "amplifier", 2: "student"}
 
 
-class AnomalyAmplificationDistillation(nn.Module):
+class AnomalyAmplificationDistillation(AnomalyModel):
     """AAND's networks and losses: frozen teacher + RAA (stage I), OCBE + mirrored decoder (stage II).
 
     Args:
@@ -101,22 +104,22 @@ class AnomalyAmplificationDistillation(nn.Module):
         self.amplification_weight = float(amplification_weight)
         self.margin = float(margin)
         self.max_normal, self.max_anomalous = int(max_normal), int(max_anomalous)
-        if student_loss != "hkd" and student_loss not in DISTANCES:
-            raise ValueError(f"unknown student loss '{student_loss}'; choose 'hkd' or one of {sorted(DISTANCES)}")
-        self.student_loss = student_loss
+        self.student_loss = check_choice(student_loss, ("hkd", *sorted(DISTANCES)), "student loss")
         self.hkd_topk = int(hkd_topk)
         self.stage1_map = bool(stage1_map)
         self.stage = 1  # set by AANDModule each epoch; picks the loss of ``loss(batch)``
 
     # ---------------------------------------------------------------- parameters per stage
-    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Stage I trains the RAA modules only; stage II the OCBE and the decoder only."""
-        if stage == 1:
-            return list(self.amplifier.parameters())
-        return [*self.bottleneck.parameters(), *self.decoder.parameters()]
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``amplifier`` (RAA modules, stage I) and ``student`` (OCBE + decoder, stage II); the teacher is frozen."""
+        return {
+            STAGE_GROUPS[1]: list(self.amplifier.parameters()),
+            STAGE_GROUPS[2]: [*self.bottleneck.parameters(), *self.decoder.parameters()],
+        }
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [*self.stage_parameters(1), *self.stage_parameters(2)]
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """What ``stage`` trains: its parameter group (stage I the RAA modules only, stage II OCBE + decoder only)."""
+        return self.parameter_groups()[STAGE_GROUPS[stage]]
 
     # ---------------------------------------------------------------- losses
     def loss(self, batch: dict) -> dict[str, Tensor]:

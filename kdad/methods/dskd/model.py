@@ -1,7 +1,7 @@
 """DSKD: dual-student knowledge distillation (Yao & Gao, arXiv 2402.00448), kdad's documented interpretation.
 
 No official code is public and only the abstract and third-party summaries are known, so this module
-implements the specification in ``docs/dskd.md`` (the project's decision), not a reproduction.
+implements the specification in ``kdad/methods/dskd/README.md`` (the project's decision), not a reproduction.
 
 From the paper (abstract): one frozen pretrained teacher; two students "of the same scale with inverted
 structures"; pyramid matching on multi-scale intermediate features; a deep-feature (DF) embedding module through
@@ -11,7 +11,7 @@ image score from the map.
 kdad's reading, composed from the shared blocks:
 
 * ``Se``: the teacher's architecture with random weights, fed the image (STFPM's student,
-  ``kdad.methods.dskd.students.encoder_student``); its three taps are matched to the teacher's (forward pyramid).
+  ``kdad.blocks.teacher.encoder_student``); its three taps are matched to the teacher's (forward pyramid).
 * ``DF``: RD's one-class bottleneck (``kdad.blocks.bottleneck.OneClassBottleneck``) applied to Se's three taps:
   strided convs to the deepest scale, concatenation, residual units with one more downsampling.
 * ``Sd``: the mirrored decoder (``kdad.blocks.decoder.MirroredDecoder``) from the DF code back to the three
@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,32 +41,27 @@ from torch import Tensor, nn
 from kdad.blocks.anomaly_map import AnomalyMapHead, cosine_distance, fuse_scales
 from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
-from kdad.blocks.losses import global_cosine_loss, pixel_cosine_loss, stfpm_loss
-from kdad.blocks.teacher import Teacher
-from kdad.methods.base import AnomalyOutput
-from kdad.methods.dskd.students import RunningLevelMean, encoder_student, fuse_students
+from kdad.blocks.losses import BATCH_REDUCTIONS, distance
+from kdad.blocks.teacher import Teacher, encoder_student
+from kdad.errors import check_choice
+from kdad.methods.base import AnomalyModel, AnomalyOutput
+from kdad.methods.dskd.students import STUDENT_FUSIONS, RunningLevelMean, fuse_students
 
 STUDENTS = ("both", "se", "sd")
 MAP_NORMS = ("none", "student", "level")
 
-# Every distance is first averaged over the batch, so the two students' weights mean the same whatever the
-# distance; ``batch_reduction='sum'`` then multiplies by the batch size, which is STFPM's released reduction
-# (its SGD lr 0.4 was tuned for a loss summed over the batch).
-BATCH_REDUCTIONS = ("mean", "sum")
-DISTANCES: dict[str, Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]] = {
-    "stfpm": functools.partial(stfpm_loss, batch_reduction="mean"),
-    "pixel_cosine": pixel_cosine_loss,
-    "global_cosine": global_cosine_loss,
-}
+
+def batch_mean_distance(name: str) -> Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]:
+    """The shared distance ``name`` (``kdad.blocks.losses``), averaged over the batch.
+
+    Every distance is first averaged over the batch, so the two students' weights mean the same whatever the
+    distance; ``batch_reduction='sum'`` then multiplies the weighted total by the batch size, which is STFPM's
+    released reduction (its SGD lr 0.4 was tuned for a loss summed over the batch).
+    """
+    return functools.partial(distance(name), batch_reduction="mean")
 
 
-def _distance(name: str) -> Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]:
-    if name not in DISTANCES:
-        raise ValueError(f"unknown DSKD distance '{name}'; choose one of {sorted(DISTANCES)}")
-    return DISTANCES[name]
-
-
-class DualStudentDistillation(nn.Module):
+class DualStudentDistillation(AnomalyModel):
     """Teacher T (frozen), encoder student Se, DF embedding, decoder student Sd; see the module docstring.
 
     ``students``: 'both' (DSKD), 'se' (encoder student only: no DF/Sd is built) or 'sd' (decoder student only:
@@ -98,13 +94,10 @@ class DualStudentDistillation(nn.Module):
         anomaly_map: AnomalyMapHead | None = None,
     ) -> None:
         super().__init__()
-        if students not in STUDENTS:
-            raise ValueError(f"students must be one of {STUDENTS}, got '{students}'")
-        if batch_reduction not in BATCH_REDUCTIONS:
-            raise ValueError(f"batch_reduction must be one of {BATCH_REDUCTIONS}, got '{batch_reduction}'")
-        if map_norm not in MAP_NORMS:
-            raise ValueError(f"map_norm must be one of {MAP_NORMS}, got '{map_norm}'")
-        fuse_students([torch.zeros(1)], student_fusion)  # validates the name early
+        check_choice(students, STUDENTS, "students")
+        check_choice(batch_reduction, BATCH_REDUCTIONS, "batch_reduction")
+        check_choice(map_norm, MAP_NORMS, "map_norm")
+        check_choice(student_fusion, STUDENT_FUSIONS, "student fusion")
         if students == "sd" and not df_gradient:
             warnings.warn(
                 "DSKD students=sd with df_gradient=false trains Sd on a random, frozen encoder student",
@@ -114,8 +107,8 @@ class DualStudentDistillation(nn.Module):
         self.students = students
         self.se_loss_name = se_loss or loss
         self.sd_loss_name = sd_loss or loss
-        self.se_distance = _distance(self.se_loss_name)
-        self.sd_distance = _distance(self.sd_loss_name)
+        self.se_distance = batch_mean_distance(self.se_loss_name)
+        self.sd_distance = batch_mean_distance(self.sd_loss_name)
         self.se_weight = float(se_weight)
         self.sd_weight = float(sd_weight)
         self.batch_reduction = batch_reduction
@@ -146,17 +139,20 @@ class DualStudentDistillation(nn.Module):
     def uses_sd(self) -> bool:
         return self.students in ("both", "sd")
 
-    def trainable_parameters(self) -> list[dict]:
-        """Parameter groups: Se (own lr if ``se_lr`` is set) and DF + Sd. Se is left out when nothing trains it."""
-        groups: list[dict] = []
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``se`` (Se) and ``df_sd`` (DF + Sd), in one optimiser. Se is left out when nothing trains it."""
+        groups: dict[str, list[nn.Parameter]] = {}
         if self.uses_se or self.df_gradient:
-            se_group: dict = {"params": list(self.encoder.parameters()), "name": "se"}
-            if self.se_lr is not None:
-                se_group["lr"] = float(self.se_lr)
-            groups.append(se_group)
+            groups["se"] = list(self.encoder.parameters())
         if self.uses_sd:
-            groups.append({"params": [*self.embedding.parameters(), *self.decoder.parameters()], "name": "df_sd"})
+            groups["df_sd"] = [*self.embedding.parameters(), *self.decoder.parameters()]
         return groups
+
+    def parameter_options(self) -> dict[str, dict[str, Any]]:
+        """Se's own learning rate when ``se_lr`` is set: one SGD, two learning rates (momentum kept per group)."""
+        if self.se_lr is None or "se" not in self.parameter_groups():
+            return {}
+        return {"se": {"lr": float(self.se_lr)}}
 
     def features(self, images: Tensor) -> dict[str, list[Tensor]]:
         """Teacher, Se and (when built and used) Sd pyramids, shallow to deep."""

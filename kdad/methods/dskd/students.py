@@ -1,7 +1,7 @@
-"""Helpers for methods with more than one student: an encoder student, running map statistics, map fusion.
+"""Helpers for methods with more than one student: running map statistics, map fusion.
 
-* ``encoder_student(teacher)``: the teacher's architecture with random weights, tapping the same stages
-  (STFPM's student, DSKD's Se).
+(The encoder student, Se, is ``kdad.blocks.teacher.encoder_student``, shared with STFPM.)
+
 * ``RunningLevelMean``: an exponential moving average of the mean per-pixel discrepancy of each feature level on
   normal training batches. It costs nothing extra (the features are already computed for the loss), is a
   buffer (so every checkpoint carries it) and gives each student's map a "normal level" to be divided by
@@ -16,27 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import timm
 import torch
 from torch import Tensor, nn
+
+from kdad.errors import check_choice
 
 STUDENT_FUSIONS = ("mean", "product")
 
 
-def encoder_student(teacher: nn.Module) -> nn.Module:
-    """A randomly initialised copy of the teacher's timm architecture with the same feature taps."""
-    return timm.create_model(
-        teacher.backbone_name,
-        pretrained=False,
-        features_only=True,
-        out_indices=tuple(teacher.body.feature_info.out_indices),
-    )
-
-
 def fuse_students(maps: Sequence[Tensor], mode: str = "mean") -> Tensor:
     """Fuse per-student [B,1,H,W] maps by their element-wise ``mode`` ('mean' or 'product')."""
-    if mode not in STUDENT_FUSIONS:
-        raise ValueError(f"unknown student fusion '{mode}' (use one of {STUDENT_FUSIONS})")
+    check_choice(mode, STUDENT_FUSIONS, "student fusion")
     stacked = torch.stack(list(maps))
     return stacked.mean(0) if mode == "mean" else stacked.prod(0)
 

@@ -39,8 +39,9 @@ class ReverseDistillation(FeatureDistillation):
         self.loss_name = loss
         self.anomaly_map = anomaly_map or AnomalyMapHead()
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [*self.bottleneck.parameters(), *self.decoder.parameters()]
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """One group: the student (OCBE + decoder); the teacher is frozen."""
+        return {"student": [*self.bottleneck.parameters(), *self.decoder.parameters()]}
 
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         teacher = self.teacher(images)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.residual import conv_bn
+from kdad.errors import check_choice
 
 GII_MODES = ("gated", "released")
 
@@ -34,9 +35,7 @@ class GuidedInjection(nn.Module):
 
     def __init__(self, deep_channels: int, shallow_channels: int, mode: str = "gated") -> None:
         super().__init__()
-        if mode not in GII_MODES:
-            raise ValueError(f"unknown GII mode '{mode}'; choose one of {GII_MODES}")
-        self.mode = mode
+        self.mode = check_choice(mode, GII_MODES, "GII mode")
         self.downsample = conv_bn(shallow_channels, deep_channels, 1)
         self.fuse_teacher = conv_bn(deep_channels, deep_channels, 3)
         self.attend = conv_bn(deep_channels, deep_channels, 3) if mode == "gated" else None

@@ -53,9 +53,14 @@ from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.losses import global_cosine_loss, pixel_cosine_loss
 from kdad.blocks.projection import MultiProjection, ProjectionLoss
 from kdad.blocks.teacher import Teacher
-from kdad.methods.base import AnomalyOutput, pseudo_anomalies
-from kdad.methods.multi_optimizer import OptimizerStep
+from kdad.errors import check_choice
+from kdad.methods.base import pseudo_anomalies
+from kdad.methods.distillation import FeatureDistillation
+from kdad.methods.multi_optimizer import MultiOptimizerModel, OptimizerStep
 from kdad.methods.rd_expert.injection import InjectedDecoder
+
+TEACHER_BN_MODES = ("train", "eval")
+STUDENT_INITS = ("xavier", "kaiming")
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -119,12 +124,13 @@ def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -
             f"RD with Expert: at the first iteration the teacher (BatchNorm in {teacher_bn} mode) is already "
             f"{gap:.2f} (mean 1 - cos per level) from the expert on normal images; the recipe assumes it starts as "
             "a copy. This backbone's batch statistics on this category differ from its pretrained ones; "
-            "method.model.teacher_bn=eval keeps the pretrained statistics (docs/rd_expert.md, ablation).",
+            "method.model.teacher_bn=eval keeps the pretrained statistics (ablation in "
+            "kdad/methods/rd_expert/README.md).",
             stacklevel=2,
         )
 
 
-class ReverseDistillationExpert(nn.Module):
+class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
     """Expert-teacher-student reverse distillation (``method=rd_expert``; with projection: ``rdpp_expert``).
 
     Args:
@@ -160,10 +166,8 @@ class ReverseDistillationExpert(nn.Module):
             raise ValueError("RD with Expert trains its teacher: build it with frozen=False")
         if expert is not None and (not expert.frozen or list(expert.channels) != list(teacher.channels)):
             raise ValueError("the expert must be a frozen backbone with the teacher's channels")
-        if teacher_bn not in ("train", "eval"):
-            raise ValueError(f"unknown teacher_bn '{teacher_bn}' (use 'train' or 'eval')")
-        if init not in ("xavier", "kaiming"):
-            raise ValueError(f"unknown init '{init}' (use 'xavier' or 'kaiming')")
+        check_choice(teacher_bn, TEACHER_BN_MODES, "teacher_bn")
+        check_choice(init, STUDENT_INITS, "init")
         self.teacher = teacher
         self.expert = expert
         self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
@@ -184,6 +188,8 @@ class ReverseDistillationExpert(nn.Module):
 
     # ------------------------------------------------------------ parameters
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The teacher, the student (OCBE + GII decoder) and, for ``rdpp_expert``, the projection: one optimiser
+        each. The expert is frozen."""
         groups = {
             "teacher": list(self.teacher.parameters()),
             "student": [*self.bottleneck.parameters(), *self.decoder.parameters()],
@@ -191,9 +197,6 @@ class ReverseDistillationExpert(nn.Module):
         if self.projection is not None:
             groups["projection"] = list(self.projection.parameters())
         return groups
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for group in self.parameter_groups().values() for p in group]
 
     # ------------------------------------------------------------ networks
     def student(self, teacher: Sequence[Tensor], projected: Sequence[Tensor] | None = None) -> list[Tensor]:
@@ -254,11 +257,7 @@ class ReverseDistillationExpert(nn.Module):
         return {"loss": t_parts["teacher"] + s_loss, **t_parts, **s_parts}
 
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Inference networks without the map head: the teacher's pyramid T(x) and the student's S(T(x))."""
+        """Inference networks without the map head: the teacher's pyramid T(x) and the student's S(T(x)); the map
+        is :class:`FeatureDistillation`'s (their discrepancy through ``anomaly_map``)."""
         teacher = self.teacher(images)
         return teacher, self.student(teacher)
-
-    def forward(self, images: Tensor) -> AnomalyOutput:
-        teacher, student = self.features(images)
-        score, anomaly_map = self.anomaly_map(teacher, student, tuple(images.shape[-2:]))
-        return AnomalyOutput(score=score, anomaly_map=anomaly_map)

@@ -25,11 +25,11 @@ from kdad.blocks.losses import distillation_loss
 from kdad.blocks.projection import MultiProjection, ProjectionLoss
 from kdad.blocks.teacher import Teacher
 from kdad.methods.base import pseudo_anomalies
-from kdad.methods.multi_optimizer import OptimizerStep
+from kdad.methods.multi_optimizer import MultiOptimizerModel, OptimizerStep
 from kdad.methods.rd.model import ReverseDistillation
 
 
-class ReverseDistillationPP(ReverseDistillation):
+class ReverseDistillationPP(ReverseDistillation, MultiOptimizerModel):
     """RD with RD++'s projection layers and projection loss.
 
     Args:
@@ -56,10 +56,8 @@ class ReverseDistillationPP(ReverseDistillation):
         self.projection_weight = projection_weight
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"projection": list(self.projection.parameters()), "student": super().trainable_parameters()}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for group in self.parameter_groups().values() for p in group]
+        """The projection layers, then RD's student (OCBE + decoder): one optimiser each."""
+        return {"projection": list(self.projection.parameters()), **super().parameter_groups()}
 
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         teacher = self.teacher(images)

@@ -5,16 +5,16 @@ matched to the teacher's with the channel-normalised squared L2 distance. Faithf
 SGD lr 0.4, momentum 0.9, weight decay 1e-4 (``conf/method/stfpm.yaml``), the per-level map is the same
 distance (= 2 - 2cos; kdad uses 1 - cos, a constant factor that cannot change any ranking), maps multiplied
 across levels, no Gaussian smoothing (``anomaly_map.sigma=0``), image score = max. The official checkpoint
-policy (best loss on a 20 % normal-only split) is ``checkpoint=val_loss``.
+policy (best loss on a 20 % normal-only split) is ``checkpoint=val_loss``. The student is
+:func:`~kdad.blocks.teacher.encoder_student`, which DSKD uses as its encoder student too.
 """
 
 from __future__ import annotations
 
-import timm
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import AnomalyMapHead
-from kdad.blocks.teacher import Teacher
+from kdad.blocks.teacher import Teacher, encoder_student
 from kdad.methods.distillation import FeatureDistillation
 
 
@@ -27,17 +27,13 @@ class StudentTeacherPyramid(FeatureDistillation):
     ) -> None:
         super().__init__()
         self.teacher = teacher
-        self.student = timm.create_model(
-            teacher.backbone_name,
-            pretrained=False,
-            features_only=True,
-            out_indices=tuple(teacher.body.feature_info.out_indices),
-        )
+        self.student = encoder_student(teacher)
         self.loss_name = loss
         self.anomaly_map = anomaly_map or AnomalyMapHead(fusion="product", sigma=0.0, align_corners=False)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.student.parameters())
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """One group: the student; the teacher is frozen."""
+        return {"student": list(self.student.parameters())}
 
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         return self.teacher(images), list(self.student(images))
