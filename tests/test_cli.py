@@ -15,7 +15,8 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf.errors import ConfigKeyError
 
 from kdad.data.errors import DatasetError
-from kdad.runner.cli import ConfigError, user_error_message
+from kdad.errors import ConfigError
+from kdad.runner.cli import user_error_message
 from kdad.runner.results import CONFIG_NAME, resolved_config, write_config
 from kdad.runner.train import RunFolderError, config_differences, run
 

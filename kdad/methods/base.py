@@ -41,7 +41,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD
-from kdad.errors import ConfigError, check_choice
+from kdad.errors import ConfigError, UserError, check_choice
 from kdad.metrics import AnomalyMetrics
 from kdad.metrics.thresholds import POLICIES as THRESHOLD_POLICIES
 from kdad.metrics.thresholds import NormalScoreCalibrator, Thresholds, manual_threshold
@@ -118,7 +118,7 @@ def pseudo_anomalies(batch: dict) -> tuple[Tensor, Tensor]:
     return image, image.new_zeros((image.shape[0], 1, *image.shape[-2:]))
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """Training produced NaN/inf; raised before the optimiser step so saved checkpoints stay clean."""
 
 

@@ -28,32 +28,16 @@ from typing import Any, NoReturn, TypeVar
 import hydra
 from omegaconf import DictConfig
 
+from kdad.errors import UserError
+
 log = logging.getLogger("kdad")
 
 EXIT_USER_ERROR = 2
 PREFIX = "kdad: error: "
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
-# Error classes of other kdad modules that are user errors, as (module, class name). They are looked up in
-# sys.modules rather than imported: an exception of a class exists only once its module is loaded, and the report
-# must import nothing (a failing or slow import would hide the error it reports).
-KDAD_USER_ERRORS = (
-    ("kdad.data.errors", "DatasetError"),
-    ("kdad.runner.sweep", "SweepError"),
-    ("kdad.blocks.weights", "WeightsUnavailableError"),
-    ("kdad.methods.base", "NonFiniteLossError"),
-)
-
 T = TypeVar("T")
 Task = Callable[[DictConfig], T]
-
-
-class UserError(Exception):
-    """Base of kdad's errors that the user fixes (a config value, a file): reported as a message, no traceback."""
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value kdad cannot run with; the message names the key and what to set instead."""
 
 
 def hydra_cli(config_name: str, config_path: str = "../conf") -> Callable[[Task[T]], Callable[..., T | None]]:
@@ -92,7 +76,7 @@ def user_error_message(exc: BaseException) -> str | None:
         error = error.__cause__
     if error is None:
         return None
-    if isinstance(error, (UserError, OmegaConfBaseException, *_loaded_user_errors())):
+    if isinstance(error, (UserError, OmegaConfBaseException)):
         return str(error)
     if isinstance(error, CompactHydraException):  # composition: unknown option, bad override
         cause = error.__cause__
@@ -103,11 +87,6 @@ def user_error_message(exc: BaseException) -> str | None:
 def full_error_requested() -> bool:
     """Hydra's switch for complete tracebacks (hydra/_internal/utils.py reads it the same way)."""
     return os.environ.get(FULL_ERROR_ENV) == "1"
-
-
-def _loaded_user_errors() -> tuple[type[BaseException], ...]:
-    modules = ((sys.modules.get(module), name) for module, name in KDAD_USER_ERRORS)
-    return tuple(getattr(module, name) for module, name in modules if module is not None)
 
 
 def _exit_with(message: str) -> NoReturn:

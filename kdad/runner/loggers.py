@@ -11,7 +11,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from kdad.runner.cli import ConfigError
+from kdad.errors import ConfigError
 
 OFFLINE_MODES = {"offline", "disabled", "dryrun"}
 # Lightning logs these advertisements (litlogger, litmodels) at INFO on every Trainer it builds.

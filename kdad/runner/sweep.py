@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kdad.errors import ConfigError
 from kdad.runner.report import DEFAULT_METRICS, RunResult, load_run, table_rows, write_tables
 
 log = logging.getLogger("kdad")
@@ -40,7 +41,7 @@ WANDB_TARGETS = ("kdad.runner.loggers.make_wandb_logger", "lightning.pytorch.log
 _PLAIN_VALUE = re.compile(r"^[\w./+-]+$")
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep that cannot be set up as asked (e.g. ``data.category=all`` over several benchmarks)."""
 
 

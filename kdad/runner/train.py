@@ -27,9 +27,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from kdad.errors import ConfigError
 from kdad.methods.base import AnomalyModule
 from kdad.metrics import DEFAULT_FPR
-from kdad.runner.cli import ConfigError
 from kdad.runner.loggers import finish_wandb, offline_run_hint, quiet_lightning_tips
 from kdad.runner.results import (
     CONFIG_NAME,
