@@ -113,6 +113,10 @@ class GaussianBlur(nn.Module):
         self._band_cache: dict[tuple[int, torch.device, torch.dtype], list[_Band]] = {}
 
     def bands(self, length: int, like: Tensor) -> list[_Band]:
+        # int(): a tracer (ONNX/TorchScript export) hands the size over as a traced value; keyed by the plain size,
+        # the matrices built by an eager call are found and enter the graph as constants instead of being rebuilt
+        # inside it (an accumulating index_put, which ONNX's ScatterND does not reproduce).
+        length = int(length)
         key = (length, like.device, like.dtype)
         if key not in self._band_cache:
             # Normal tensors even when first built under inference_mode, so a later call with autograd can use them.

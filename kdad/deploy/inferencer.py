@@ -27,6 +27,7 @@ from kdad.deploy.postprocess import (
     Decision,
     binary_mask,
     decide,
+    map_display_range,
     normalize_scores,
     overlay,
     record_display_range,
@@ -45,11 +46,13 @@ class Prediction:
     ``score`` is the raw image score, ``normalized_score`` its anomalib-style normalisation (0.5 = the
     threshold), ``anomaly_map`` the raw float32 map resized to the original (height, width), ``mask`` the
     uint8 0/255 mask of the map above the pixel threshold, or None when the export has no pixel threshold.
+    An export without thresholds (metadata ``"thresholds": null``) gives scores and maps only:
+    ``normalized_score`` and ``decision`` are None.
     """
 
     score: float
-    normalized_score: float
-    decision: Decision
+    normalized_score: float | None
+    decision: Decision | None
     anomaly_map: np.ndarray
     mask: np.ndarray | None
     image_size: tuple[int, int]
@@ -120,9 +123,13 @@ class Inferencer(ABC):
         return predictions
 
     def overlay(self, rgb: np.ndarray, prediction: Prediction, alpha: float = 0.4) -> np.ndarray:
-        """uint8 RGB heat-map overlay of a prediction on its image, coloured over the threshold record's range."""
+        """uint8 RGB heat-map overlay of a prediction on its image, coloured over the threshold record's range.
+
+        Without thresholds there is no reference range: the colours then span the map's own range (per image).
+        """
         record = self.metadata.pixel_threshold or self.metadata.image_threshold
-        return overlay(rgb, prediction.anomaly_map, prediction.mask, record_display_range(record), alpha)
+        span = map_display_range(prediction.anomaly_map) if record is None else record_display_range(record)
+        return overlay(rgb, prediction.anomaly_map, prediction.mask, span, alpha)
 
     def _outputs(self, batch: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -145,8 +152,8 @@ class Inferencer(ABC):
         mask = None if pixel_record is None else binary_mask(full_map, float(pixel_record["value"]))
         return Prediction(
             score=score,
-            normalized_score=float(normalize_scores(score, image_record)),
-            decision=decide(score, float(image_record["value"])),
+            normalized_score=None if image_record is None else float(normalize_scores(score, image_record)),
+            decision=None if image_record is None else decide(score, float(image_record["value"])),
             anomaly_map=full_map,
             mask=mask,
             image_size=(int(size[0]), int(size[1])),

@@ -20,7 +20,7 @@ Schema (``format_version`` 1)::
       "input_name": "image",                     # float32 [N, 3, H, W], RGB in [0, 1]
       "output_names": ["score", "anomaly_map"],  # float32 [N] and [N, H, W], raw (not normalised)
       "opset": 17,                               # ONNX opset, or null
-      "thresholds": {
+      "thresholds": {                            # or null: no decision threshold, scores only
         "image": {"value": 0.61, "policy": "f1_max", "score_min": 0.2, "score_max": 1.3, ...},
         "pixel": {... same keys ...} or null     # null: no pixel threshold, so no masks
       },
@@ -29,6 +29,9 @@ Schema (``format_version`` 1)::
     }
 
 Threshold records need ``value``, ``policy``, ``score_min``, ``score_max``; other keys are kept as-is.
+``"thresholds": null`` means the run had no decision threshold (trained before thresholds existed, or with
+none configured): the model gives raw scores and maps only, so predictions carry no OK/NOK decision, no
+normalised score and no mask.
 Unknown top-level keys are kept in ``extra`` and written back, so a round trip loses nothing.
 """
 
@@ -108,7 +111,7 @@ class Metadata:
     image_size: int
     interpolation: str
     normalization: Normalization
-    thresholds: dict[str, dict[str, Any] | None]
+    thresholds: dict[str, dict[str, Any] | None] | None
     export_check: dict[str, Any] = field(default_factory=dict)
     input_name: str = INPUT_NAME
     output_names: tuple[str, ...] = (SCORE_OUTPUT, MAP_OUTPUT)
@@ -119,14 +122,14 @@ class Metadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def image_threshold(self) -> dict[str, Any]:
-        """The image-level threshold record (always present)."""
-        return self.thresholds["image"]  # type: ignore[return-value]
+    def image_threshold(self) -> dict[str, Any] | None:
+        """The image-level threshold record, or None when the export has no thresholds (scores only)."""
+        return None if self.thresholds is None else self.thresholds["image"]
 
     @property
     def pixel_threshold(self) -> dict[str, Any] | None:
         """The pixel-level threshold record, or None when the run had no pixel threshold (no masks)."""
-        return self.thresholds.get("pixel")
+        return None if self.thresholds is None else self.thresholds.get("pixel")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of this metadata (schema order, then the kept unknown keys)."""
@@ -147,7 +150,9 @@ class Metadata:
             "input_name": self.input_name,
             "output_names": list(self.output_names),
             "opset": self.opset,
-            "thresholds": {"image": self.thresholds.get("image"), "pixel": self.thresholds.get("pixel")},
+            "thresholds": None
+            if self.thresholds is None
+            else {"image": self.thresholds.get("image"), "pixel": self.thresholds.get("pixel")},
             "export_check": self.export_check,
             "created": self.created,
         }
@@ -333,8 +338,10 @@ class _Reader:
             )
         return dict(record)
 
-    def thresholds(self, data: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
-        thresholds = self.typed(data, "thresholds", dict, "an object")
+    def thresholds(self, data: dict[str, Any]) -> dict[str, dict[str, Any] | None] | None:
+        if self.get(data, "thresholds") is None:
+            return None  # no decision threshold: scores only
+        thresholds = self.typed(data, "thresholds", dict, "an object or null")
         image = self.threshold(thresholds, "image")
         pixel = None if self.get(thresholds, "pixel", "thresholds.") is None else self.threshold(thresholds, "pixel")
         return {"image": image, "pixel": pixel}

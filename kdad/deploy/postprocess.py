@@ -11,6 +11,9 @@ Conventions:
 - A sample is NOK iff its raw score is strictly greater than the threshold (a score equal to the threshold
   is OK); masks use the same strict rule per pixel. Because the normalisation is strictly increasing, the
   decision is the same whether read off the raw or the normalised score.
+- Without thresholds (an export whose metadata says ``"thresholds": null``) there is no decision and no
+  normalisation: callers report raw scores and maps only (decision and normalised score None, no mask),
+  and overlays colour each map over its own range (:func:`map_display_range`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ def binary_mask(full_size_map: np.ndarray, pixel_threshold: float) -> np.ndarray
 def record_display_range(threshold_record: Mapping[str, Any]) -> tuple[float, float]:
     """(score_min, score_max) of a threshold record: the map range an overlay spreads over its colours."""
     return float(threshold_record["score_min"]), float(threshold_record["score_max"])
+
+
+def map_display_range(anomaly_map: np.ndarray) -> tuple[float, float]:
+    """(min, max) of one map: the overlay range when no threshold record gives a fixed one (colours per image)."""
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    return float(values.min()), float(values.max())
 
 
 def jet(values: np.ndarray) -> np.ndarray:
