@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# kdad.errors imports nothing from kdad (and no torch): this module stays importable without torch.
+from kdad.errors import check_choice
+
 INTERPOLATIONS: dict[str, Image.Resampling] = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -68,10 +71,8 @@ def read_rgb(path: Path | str) -> np.ndarray:
 
 
 def resample_filter(interpolation: str) -> Image.Resampling:
-    """The Pillow filter for an interpolation name; ValueError naming the choices otherwise."""
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation '{interpolation}': choose one of {', '.join(INTERPOLATIONS)}.")
-    return INTERPOLATIONS[interpolation]
+    """The Pillow filter for an interpolation name; ``ConfigError`` (a ``ValueError``) naming the choices otherwise."""
+    return INTERPOLATIONS[check_choice(interpolation, INTERPOLATIONS, "interpolation")]
 
 
 def resize_image(image: Image.Image, size: int, interpolation: str) -> Image.Image:

@@ -122,6 +122,18 @@ def test_finished_run_of_another_configuration_is_refused(tmp_path: Path) -> Non
     assert (run_dir / CONFIG_NAME).read_text() == stored  # the folder still describes the run it holds
 
 
+def test_refused_command_leaves_the_folders_hydra_record_alone(tmp_path: Path) -> None:
+    """Hydra's .hydra/ files are written by kdad once a run starts, not by Hydra before the run-folder check."""
+    run_dir = _finished(compose_config(ONE_EPOCH, tmp_path))
+    record = run_dir / ".hydra"
+    record.mkdir()
+    (record / "overrides.yaml").write_text("- trainer.max_epochs=1\n")
+    result = _cli([*SMALL, "trainer.max_epochs=2"], tmp_path)
+    assert result.returncode == 2 and "holds a finished run of another configuration" in result.stderr
+    assert [p.name for p in record.iterdir()] == ["overrides.yaml"]
+    assert (record / "overrides.yaml").read_text() == "- trainer.max_epochs=1\n"
+
+
 def test_finished_run_is_shown_whatever_the_logger(tmp_path: Path, capsys) -> None:
     _finished(compose_config(ONE_EPOCH, tmp_path))
     shown = run(compose_config([*ONE_EPOCH, "logger=none", "review_cases=0", "speed.channels_last=false"], tmp_path))

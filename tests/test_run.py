@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from fixtures import write_folder, write_mvtec, write_mvtec3d, write_visa_raw
+from fixtures import write_folder, write_mvtec3d, write_visa_raw
 from helpers import compose_config
 from lightning.pytorch.callbacks import Callback
 
@@ -29,13 +29,6 @@ SMALL = [
     "data.eval_batch_size=8",
 ]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def mvtec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mvtec")
-    write_mvtec(root, ("bottle",), n_train=8, n_test_good=3, n_per_defect=3)
-    return root
 
 
 def _mvtec(root: Path) -> list[str]:
@@ -89,6 +82,10 @@ def test_rd_run_writes_complete_run_folder(mvtec_root: Path, tmp_path: Path) -> 
     assert len(list((run_dir / "overlays").glob("*.png"))) == 9
     assert (run_dir / "checkpoints/last.ckpt").is_file()
     assert "method" in (run_dir / "config_resolved.yaml").read_text()
+    # Hydra's record of the command, written by kdad once the run starts (conf/hydra/default.yaml: output_subdir).
+    assert f"data.root={mvtec_root}" in (run_dir / ".hydra/overrides.yaml").read_text()
+    assert "run_dir: ${paths.runs_dir}" in (run_dir / ".hydra/config.yaml").read_text()
+    assert (run_dir / ".hydra/hydra.yaml").is_file()
     # The frozen teacher is rebuilt from its weight source, not stored.
     state = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("model.teacher.") for k in state["state_dict"])
@@ -140,7 +137,7 @@ class _StopAfterFirstEpoch(Callback):
 def test_rerun_of_unfinished_run_resumes_from_last_checkpoint(
     mvtec_root: Path, tmp_path: Path, caplog, capsys, monkeypatch
 ) -> None:
-    import kdad.run as run_module
+    import kdad.runner.train as run_module
 
     cfg = compose_config([*_mvtec(mvtec_root), *SMALL, "trainer.max_epochs=2"], tmp_path)
     build = run_module.build_callbacks
@@ -162,8 +159,8 @@ def test_rerun_of_unfinished_run_resumes_from_last_checkpoint(
     assert summary["epochs_trained"] == 2
     out = capsys.readouterr().out
     assert out.index("LOGGER SHUTDOWN") < out.index(f"`wandb sync {offline}`") < out.index("### rd on mvtec/bottle")
-    lines = out.strip().splitlines()
-    assert lines[-2].startswith("checkpoint policy: last (") and lines[-1] == f"run folder: {run_dir}"
+    lines = out.strip().splitlines()  # table, checkpoint policy, threshold policy and thresholds, run folder
+    assert any(line.startswith("checkpoint policy: last (") for line in lines) and lines[-1] == f"run folder: {run_dir}"
 
 
 def test_interrupted_training_resumes(mvtec_root: Path, tmp_path: Path) -> None:
@@ -299,7 +296,7 @@ class _LastCheckpointProbe(Callback):
 @pytest.mark.parametrize("method", ["rd", "rdpp"])  # automatic and manual (several optimisers) optimisation
 def test_last_checkpoint_is_written_after_every_epoch(method: str, mvtec_root: Path, tmp_path: Path, monkeypatch):
     """A run killed outright (no Ctrl-C handler runs) must still find the previous epoch's last.ckpt."""
-    import kdad.run as run_module
+    import kdad.runner.train as run_module
 
     cfg = compose_config([*_mvtec(mvtec_root), *SMALL, f"method={method}", "trainer.max_epochs=3"], tmp_path)
     probe = _LastCheckpointProbe(Path(cfg.run_dir) / "checkpoints/last.ckpt")

@@ -460,7 +460,7 @@ def test_thresholds_round_trip_through_json() -> None:
             r"unknown key\(s\) \['colour'\]",
         ),
         ({"image": {"policy": "manual", "level": "image"}}, r"missing key\(s\) \['value'\]"),
-        ({"image": {"value": 0.5, "policy": "guess", "level": "image"}}, "'policy' must be one of"),
+        ({"image": {"value": 0.5, "policy": "guess", "level": "image"}}, "'policy' 'guess': choose one of normal"),
         ({"image": {"value": "0.5", "policy": "manual", "level": "image"}}, "'value' must be a number"),
         ({"image": {"value": math.nan, "policy": "manual", "level": "image"}}, "'value' must be finite"),
         ({"image": {"value": 0.5, "policy": "manual", "level": "image", "n": -3}}, "'n' must be a non-negative"),

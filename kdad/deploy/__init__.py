@@ -8,8 +8,9 @@ An export folder holds the model file and metadata.json (``kdad.deploy.metadata`
     for prediction in inferencer.predict_paths(["part_001.png", "part_002.png"]):
         print(prediction.decision, prediction.normalized_score)
 
-This package imports only ``kdad.imaging`` and its own modules (``kdad.data`` and ``kdad.metrics`` pull in
-torch), so it runs on a machine with no torch, Lightning, timm or OpenCV installed.
+This package imports only ``kdad.imaging``, ``kdad.errors`` and its own modules (``kdad.data`` and ``kdad.metrics``
+pull in torch), so it runs on a machine with no torch, Lightning, timm or OpenCV installed; ``export.py`` is the
+torch side and is never imported from here.
 """
 
 from kdad.deploy.errors import DeployError, MetadataError

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta
 
+from kdad.errors import check_choice
 from kdad.metrics._convert import ArrayOrTensor, as_maps, as_scores, as_vector
 from kdad.metrics.histogram import GrowingHistogram
 
@@ -84,9 +85,7 @@ def _count(name: str, value: Any) -> int:
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{_field(name)} must be one of {allowed}, got {value!r}")
-    return str(value)
+    return str(check_choice(value, allowed, _field(name)))
 
 
 _OPTIONAL_NUMBERS = (
@@ -427,9 +426,7 @@ class NormalScoreCalibrator:
 
 
 def _check_f1_policy(policy: str) -> str:
-    if policy not in _F1_POLICIES:
-        raise ValueError(f"an F1-optimal threshold has policy 'f1_val' or 'f1_test', got {policy!r}")
-    return policy
+    return check_choice(policy, _F1_POLICIES, "F1-optimal threshold policy")
 
 
 def _best_f1_level(neg: np.ndarray, pos: np.ndarray) -> tuple[int, float]:

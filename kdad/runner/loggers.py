@@ -11,7 +11,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from kdad.errors import ConfigError
+from kdad.errors import check_choice
 
 OFFLINE_MODES = {"offline", "disabled", "dryrun"}
 # Lightning logs these advertisements (litlogger, litmodels) at INFO on every Trainer it builds.
@@ -40,8 +40,7 @@ def make_wandb_logger(mode: str = "auto", **kwargs: Any) -> Logger:
     ``offline_run_hint``). Online, W&B keeps its run links but drops the summary (``settings.quiet``).
     ``logger.settings`` entries override both.
     """
-    if mode not in {"auto", "online", "offline"}:
-        raise ConfigError(f"logger.mode must be auto, online or offline, got '{mode}'")
+    check_choice(mode, ("auto", "online", "offline"), "logger.mode")
     offline = mode == "offline" or (mode == "auto" and not wandb_is_configured())
     save_dir = Path(kwargs.get("save_dir", "."))
     save_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdad.errors import check_choice
 from kdad.runner.report import DEFAULT_METRICS, RunResult, find_runs, table_rows
 from kdad.runner.results import METRIC_LABELS
 from kdad.runner.review import KINDS, Case, load_cases
@@ -133,8 +134,7 @@ def gallery(folders: Sequence[Path], kind: str = "missed_defect", limit: int = 8
 
     from kdad.runner.visualize import overlay_panel
 
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {tuple(KINDS)}, got '{kind}'")
+    check_choice(kind, tuple(KINDS), "kind")
     picked = []
     for folder in folders:
         label = "/".join(Path(folder).parts[-4:])

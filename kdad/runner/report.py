@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdad.errors import check_choice
 from kdad.runner.results import METRIC_LABELS
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
@@ -200,8 +201,7 @@ def markdown(
 ) -> str:
     """The results as markdown: one section per benchmark (each with its protocol), tables per ``layout``;
     ``missing`` lists runs that should be there but did not finish."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got '{layout}'")
+    check_choice(layout, LAYOUTS, "layout")
     groups = by_benchmark(results)
     parts = [f"## {title}" if title else ""]
     for benchmark, group in groups.items():

@@ -20,6 +20,8 @@ from kdad.records import OverlaySample, TestRecord
 from kdad.runner.visualize import overlay_panel
 
 CONFIG_NAME = "config_resolved.yaml"
+#: Hydra's record of the command in the run folder (config.yaml, hydra.yaml, overrides.yaml), written by kdad.
+HYDRA_SUBDIR = ".hydra"
 
 METRIC_LABELS = {
     "image_auroc": "I-AUROC",
@@ -63,6 +65,27 @@ def write_config(run_dir: Path, cfg: DictConfig) -> Path:
     path = run_dir / CONFIG_NAME
     _atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
     return path
+
+
+def write_hydra_record(run_dir: Path, cfg: DictConfig) -> Path | None:
+    """``.hydra/``: the composed config (``config.yaml``, unresolved), Hydra's own config (``hydra.yaml``) and the
+    command's overrides (``overrides.yaml``), the files Hydra writes with ``hydra.output_subdir=.hydra``.
+
+    kdad writes them once a run starts, and Hydra does not (``conf/hydra/default.yaml``: ``output_subdir: null``):
+    Hydra would write them before kdad's run-folder check, so a refused command would leave the folder's record
+    describing the refused command instead of the run the folder holds. None outside a Hydra job or compose.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
+    folder = run_dir / HYDRA_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    _atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    _atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
+    return folder
 
 
 def read_config(run_dir: Path) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ from kdad.runner.results import (
     read_config,
     resolved_config,
     write_config,
+    write_hydra_record,
     write_metrics,
     write_overlays,
     write_scores,
@@ -310,6 +311,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
         say(results_report(finished, f"{_title(finished, cfg)} (finished earlier)", run_dir))
         return finished
     write_config(run_dir, cfg)
+    write_hydra_record(run_dir, cfg)  # after the check: a refused command leaves the folder's record alone
     try:
         summary = _train_and_test(cfg, run_dir)
     finally:
@@ -408,7 +410,7 @@ def _store_thresholds(run_dir: Path, test_ckpt: str | None, module: AnomalyModul
     path = Path(test_ckpt) if test_ckpt else resume_checkpoint(run_dir)
     if path is None or not path.is_file() or run_dir.resolve() not in path.resolve().parents:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     info = state.setdefault("kdad", {})
     info.update(threshold_policy=module.threshold_policy, thresholds=module.thresholds.to_dict())
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -493,7 +495,7 @@ def _epochs_trained(trainer: L.Trainer, run_dir: Path) -> int:
     last = resume_checkpoint(run_dir)
     if trainer.world_size == 1 or last is None:
         return trainer.current_epoch
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     # Epochs whose batches all ran: written at the end of an epoch, "epoch" still holds that epoch's index.
     progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     return int(progress.get("processed", state["epoch"]))

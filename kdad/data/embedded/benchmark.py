@@ -55,6 +55,8 @@ from kdad.data.embedded.category import Category, fallback_tally
 from kdad.data.embedded.objects import OBJECTS
 from kdad.data.embedded.render import apply_sensor
 from kdad.data.embedded.textures import TEXTURES
+from kdad.data.errors import DatasetError
+from kdad.errors import check_choice
 
 try:  # POSIX only: without it, concurrent processes may both generate a category (still safely).
     import fcntl
@@ -143,17 +145,14 @@ def render_synthetic_image(
     ``defect`` is ``"good"`` or one of ``SYNTHETIC_DEFECTS[category]``; ``split`` is "train" or "test".
     """
     spec = _category(category)
-    if defect != NORMAL and defect not in spec.defects:
-        raise ValueError(f"unknown defect {defect!r} for {category}; valid: {', '.join(spec.defects)}")
+    check_choice(defect, (NORMAL, *spec.defects), "defect", DatasetError)
     rng = image_rng(seed, category, image_size, split, defect, index)
     img, mask = spec.render(rng, image_size, None if defect == NORMAL else defect)
     return apply_sensor(rng, img), mask
 
 
 def _category(name: str) -> Category:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown synthetic category {name!r}; valid categories: {', '.join(SYNTHETIC_CATEGORIES)}")
-    return _REGISTRY[name]
+    return _REGISTRY[check_choice(name, SYNTHETIC_CATEGORIES, "synthetic category", DatasetError)]
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

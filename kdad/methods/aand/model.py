@@ -20,8 +20,10 @@ Training loop (kdad's design): :class:`AANDModule` subclasses ``AnomalyModule`` 
 epoch decides the stage (stage I for the first ``stage1_epochs`` epochs, then stage II), each stage with its own
 Adam and step schedule over its own epochs, so Lightning's ``last.ckpt`` resumes a run interrupted in either
 stage. At the end of stage I the RAA weights are written to ``stage1.ckpt``; ``stage1_ckpt=...`` starts a run
-from such a file (or any AAND checkpoint) and trains stage II only. ``trainer.max_epochs`` must equal the sum of
-the stage lengths (checked at fit start), so the schedules cannot silently disagree.
+from such a file (or any AAND checkpoint) and trains stage II only. The stage lengths follow ``trainer.max_epochs``
+(:func:`~kdad.methods.aand.module.stage_lengths`, resolved at fit start): stage I is ``stage1_fraction`` of the run
+(0.5 by default), stage II the rest; a stage length set in the config fixes that stage, and two set lengths must add
+up to ``trainer.max_epochs`` (the paper presets: 100 + 120 = 220), else the run stops before its first step.
 
 Not reproduced (documented in ``kdad/methods/aand/README.md``): test-set model selection in both stages (gate
 precision for stage I, I-AUROC for stage II; ``checkpoint=best_on_test`` gives the latter's analogue) and the early
@@ -41,7 +43,7 @@ from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.losses import DISTANCES, distillation_loss
 from kdad.blocks.teacher import Teacher
-from kdad.errors import check_choice
+from kdad.errors import ConfigError, check_choice
 from kdad.methods.aand.amplification import ResidualAnomalyAmplifier, level_mask
 from kdad.methods.aand.losses import amplification_loss, binary_focal_loss, hard_knowledge_distillation_loss
 from kdad.methods.base import AnomalyModel, AnomalyOutput
@@ -131,9 +133,10 @@ class AnomalyAmplificationDistillation(AnomalyModel):
     def stage1_loss(self, batch: dict) -> dict[str, Tensor]:
         """Focal loss on the gates + weight x amplification loss, on synthetic anomalies with teacher forcing."""
         if "image_aug" not in batch or "mask_aug" not in batch:
-            raise ValueError(
-                "AAND stage I trains on synthetic anomalies, but the batch has no 'image_aug'/'mask_aug': "
-                "select a synthesis config (method=aand does: synthesis=draem_aand_<data>)."
+            raise ConfigError(
+                "AAND stage I trains on synthetic anomalies, but the batch has no 'image_aug'/'mask_aug': select a "
+                "synthesis recipe (method=aand selects synthesis=draem_aand, with the foreground masks of table aand "
+                "in conf/foreground/<data>.yaml), not synthesis=none."
             )
         raw = self.teacher(batch["image_aug"])
         levels = self.amplifier(raw, mask=batch["mask_aug"])

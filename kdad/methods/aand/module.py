@@ -13,8 +13,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import MultiStepLR
 
-from kdad.methods.aand.model import AMPLIFIER_PREFIX
-from kdad.methods.base import AnomalyModule
+from kdad.methods.aand.model import AMPLIFIER_PREFIX, STAGE_GROUPS
+from kdad.methods.base import AnomalyModule, optimizer_groups
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,13 @@ def stage_lengths(
 class AANDModule(AnomalyModule):
     """``AnomalyModule`` for a model trained in two consecutive stages (AAND), with manual optimisation.
 
-    The model provides ``stage_parameters(stage)`` and ``stage_loss(stage, batch)`` and has an ``amplifier``
-    submodule (what stage I trains). Epochs ``[0, stage1_epochs)`` are stage I, the next ``stage2_epochs`` stage II;
-    with ``stage1_ckpt`` stage I is loaded instead of trained and the run is stage II only. Each stage gets its
-    own optimiser from ``optimizer`` (a partial) and its own scheduler from ``scheduler`` (a partial called with
-    ``optimizer=`` and ``epochs=`` the stage length, stepped once per epoch of that stage).
+    The model provides ``stage_loss(stage, batch)``, has an ``amplifier`` submodule (what stage I trains) and names
+    its parameter groups after the stages (``STAGE_GROUPS``: ``amplifier``, ``student``). Epochs
+    ``[0, stage1_epochs)`` are stage I, the next ``stage2_epochs`` stage II; with ``stage1_ckpt`` stage I is loaded
+    instead of trained and the run is stage II only. Each stage gets its own optimiser from ``optimizer`` (a partial
+    called with ``params=`` that stage's named parameter group, see :func:`~kdad.methods.base.optimizer_groups`) and
+    its own scheduler from ``scheduler`` (a partial called with ``optimizer=`` and ``epochs=`` the stage length,
+    stepped once per epoch of that stage).
 
     Stage lengths. The paper and the released code train stage I for 100 epochs, then stage II for 120. kdad trains
     both in one Lightning run whose length is ``trainer.max_epochs``, like every other method, and derives the
@@ -147,6 +149,14 @@ class AANDModule(AnomalyModule):
             return None
         return self.stage1_epochs + self.stage2_epochs
 
+    @property
+    def shortest_run(self) -> int:
+        """The fewest epochs that train every stage this module trains: a stage length fixed in the config as set,
+        one epoch for each stage left to follow ``trainer.max_epochs``, no stage I with ``stage1_ckpt`` (the bench
+        trains this many; :func:`stage_lengths` gives back those lengths for ``max_epochs=shortest_run``)."""
+        first, second = self.requested_epochs
+        return (0 if self.stage1_ckpt else first or 1) + (second or 1)
+
     def stage_at(self, epoch: int) -> int:
         return 1 if self.stage1_epochs and epoch < self.stage1_epochs else 2
 
@@ -162,7 +172,8 @@ class AANDModule(AnomalyModule):
         )
 
     def configure_optimizers(self) -> Any:
-        optimizers = [self.optimizer_factory(params=self.model.stage_parameters(s)) for s in (1, 2)]
+        # One optimiser per stage over that stage's named parameter group (its options applied).
+        optimizers = [self.optimizer_factory(params=optimizer_groups(self.model, [STAGE_GROUPS[s]])) for s in (1, 2)]
         if self.scheduler_factory is None:
             return optimizers
         epochs = (max(1, self.stage1_epochs), self.stage2_epochs)
@@ -237,7 +248,7 @@ def load_stage1(module: AnomalyModule, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"method.stage1_ckpt={str(path)!r}: no such file (a stage1.ckpt of an earlier run)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = {
         k[len(AMPLIFIER_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(AMPLIFIER_PREFIX)
     }

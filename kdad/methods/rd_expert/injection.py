@@ -1,4 +1,4 @@
-"""Guided Information Injection (GII) of RD with Expert (Liu et al., AAAI 2025; ``hito2448/URD``).
+"""Guided Information Injection (GII) of RD with Expert (Liu et al., AAAI 2025; released code ``hito2448/URD``).
 
 Between two stages of RD's mirrored decoder, teacher detail is injected into the student. With ``a`` the decoder's
 output at a level, ``T_deep`` the teacher's feature at the same level and ``T_shallow`` the next shallower one:

@@ -1,5 +1,5 @@
-"""RD with Expert ("URD"; Liu, Wang, Leng, Zhang, AAAI 2025, arXiv 2412.07579; code ``hito2448/URD``) and the
-RD++-flavoured variant kdad calls ``rdpp_expert``.
+"""RD with Expert (Liu, Wang, Leng, Zhang, AAAI 2025, arXiv 2412.07579; the released code: the URD repository,
+``hito2448/URD``) and RD++ with Expert, the RD++-flavoured variant kdad calls ``rdpp_expert``.
 
 Three networks (faithful to the released code):
 
@@ -9,7 +9,7 @@ Three networks (faithful to the released code):
 * student S: RD's OCBE + mirrored decoder with Guided Information Injection from T's features
   (:class:`~kdad.methods.rd_expert.injection.InjectedDecoder`), Adam 0.005, betas (0.5, 0.999); every ``nn.Conv2d`` /
   ``nn.Linear`` of the student re-initialised Xavier-normal as in the code (the decoder's transposed convolutions
-  keep kdad's shared decoder init, Kaiming; URD's keep PyTorch's default: a kdad simplification).
+  keep kdad's shared decoder init, Kaiming; the released code's keep PyTorch's default: a kdad simplification).
 
 Losses (released version, after the 2025-01-21 commits; M = synthetic mask, bilinearly resized per level with
 ``align_corners=True`` and thresholded at 0.5; cos_p per pixel over channels, cos_g over whole flattened maps):
@@ -28,11 +28,11 @@ GII (``gii``): ``gated`` (default) is the similarity-gated injection the paper d
 ungated path the released train/test scripts actually run (their ``attn=True`` flag selects it). kdad defaults to
 the paper because the method is defined by it; ``gii: released`` reproduces the code path.
 
-``rdpp_expert`` (kdad's, for users who call the method "RD++Expert"; the released code has no RD++ parts): the same
+``rdpp_expert`` (RD++ with Expert, kdad's; the released code has no RD++ parts): the same
 recipe with RD++'s projection layers P on the teacher side: the student consumes P(T(x)) while GII and every loss
 target stay the raw T(x) (as RD++ keeps the raw encoder as target), and RD++'s projection loss on (T(x), T(x~)) is
 added to the student stage with weight 0.2, P having its own Adam (0.001). The DRAEM pseudo-anomaly x~ plays the
-role of RD++'s noisy image; there is no gradient accumulation (URD's iteration schedule).
+role of RD++'s noisy image; there is no gradient accumulation (RD with Expert's iteration schedule).
 
 The expert is a frozen pretrained Teacher, so checkpoints leave it out (``AnomalyModule.on_save_checkpoint``); the
 trained teacher, projection and student are saved. ``expert=None`` builds an inference-only model (no expert in
@@ -64,14 +64,14 @@ STUDENT_INITS = ("xavier", "kaiming")
 
 
 def xavier_init(module: nn.Module) -> None:
-    """URD's student init: Xavier-normal weights for every ``nn.Conv2d`` and ``nn.Linear`` (biases untouched)."""
+    """The released student init: Xavier-normal weights for every ``nn.Conv2d`` and ``nn.Linear`` (biases untouched)."""
     for m in module.modules():
         if type(m) in (nn.Conv2d, nn.Linear):
             nn.init.xavier_normal_(m.weight)
 
 
 def level_masks(mask: Tensor, features: Sequence[Tensor]) -> list[Tensor]:
-    """The synthetic mask per level: bilinear resize (align_corners=True), then 1 where >= 0.5 (URD's rule)."""
+    """The synthetic mask per level: bilinear resize (align_corners=True), then 1 where >= 0.5 (the released rule)."""
     out = []
     for f in features:
         resized = F.interpolate(mask.float(), size=f.shape[-2:], mode="bilinear", align_corners=True)
@@ -86,7 +86,7 @@ def teacher_loss(
     expert_aug: Sequence[Tensor],
     mask: Tensor,
 ) -> dict[str, Tensor]:
-    """URD's teacher loss L_T and its three parts (normal closeness, mask target, global closeness on x~)."""
+    """RD with Expert's teacher loss L_T and its three parts (normal closeness, mask target, global closeness on x~)."""
     normal = pixel_cosine_loss(teacher, expert)
     target = sum(
         F.l1_loss(1.0 - F.cosine_similarity(t, e, dim=1).unsqueeze(1), m)
@@ -99,7 +99,7 @@ def teacher_loss(
 def student_loss(
     student: Sequence[Tensor], student_aug: Sequence[Tensor], teacher: Sequence[Tensor], expert: Sequence[Tensor]
 ) -> dict[str, Tensor]:
-    """URD's student loss L_S: both student outputs must match the *clean* teacher and expert features."""
+    """RD with Expert's student loss L_S: both student outputs must match the *clean* teacher and expert features."""
     to_teacher = global_cosine_loss(teacher, student) + global_cosine_loss(teacher, student_aug)
     to_expert = global_cosine_loss(expert, student) + global_cosine_loss(expert, student_aug)
     return {"student": to_teacher + to_expert, "s_teacher": to_teacher, "s_expert": to_expert}
@@ -112,11 +112,12 @@ def warn_if_teacher_starts_far(t_normal: Tensor, levels: int, teacher_bn: str) -
     """Warn when the teacher does not start as a copy of the expert (``t_normal``: L_T's first term, summed over
     ``levels``).
 
-    URD's teacher loss assumes T = E at the first iteration. With ``teacher_bn: train`` the teacher normalises with
-    the batch's statistics instead of ImageNet's, and on batches of one category that alone moves some backbones far
-    from the expert: measured with EfficientNet-Lite0 at 128 px on the embedded benchmark, mean per-pixel 1 - cos of
-    0.3-0.9 per level (0.16-0.48 even for its non-negative post-ReLU6 features; WRN50, which the recipe was tuned on,
-    was not measurable here). The teacher then spends its budget undoing the shift instead of learning the mask.
+    RD with Expert's teacher loss assumes T = E at the first iteration. With ``teacher_bn: train`` the teacher
+    normalises with the batch's statistics instead of ImageNet's, and on batches of one category that alone moves some
+    backbones far from the expert: measured with EfficientNet-Lite0 at 128 px on the embedded benchmark, mean per-pixel
+    1 - cos of 0.3-0.9 per level (0.16-0.48 even for its non-negative post-ReLU6 features; WRN50, which the recipe was
+    tuned on, was not measurable here). The teacher then spends its budget undoing the shift instead of learning the
+    mask.
     """
     gap = float(t_normal.detach()) / levels
     if gap > START_GAP_LIMIT:
@@ -140,8 +141,8 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         projection_loss: RD++'s projection loss; given, RD++'s projection layers are added (``rdpp_expert``).
         projection_weight: weight of the projection loss in the student stage (RD++: 0.2).
         bottleneck_blocks, decoder_blocks, block: OCBE / decoder sizes, as RD.
-        init: ``xavier`` (URD's student init) or ``kaiming`` (RD's).
-        teacher_bn: ``train`` (URD: BatchNorm statistics follow the training batches while T is updated) or
+        init: ``xavier`` (the released student init) or ``kaiming`` (RD's).
+        teacher_bn: ``train`` (released: BatchNorm statistics follow the training batches while T is updated) or
             ``eval`` (kdad's ablation: T's BatchNorm keeps the pretrained statistics, only its weights move). With
             ``train``, the first iteration warns when T does not start close to E (:func:`warn_if_teacher_starts_far`).
         anomaly_map: the map head (RD's by default).
@@ -227,7 +228,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         return parts["student"] + self.projection_weight * proj["proj"], {**parts, **proj}
 
     def optimizer_steps(self, batch: dict) -> Iterator[OptimizerStep]:
-        """One URD iteration: teacher stage (step T), then student stage on the updated teacher (step S)."""
+        """One RD with Expert iteration: teacher stage (step T), then student stage on the updated teacher (step S)."""
         image = batch["image"]
         image_aug, mask = pseudo_anomalies(batch)
         expert, expert_aug = self._expert(image), self._expert(image_aug)
