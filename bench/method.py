@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from bench.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from bench.timing import Bucket, SplitTimer, now, timed_attribute, timed_calls
 from kdad.blocks.teacher import Teacher
+from kdad.methods.base import AnomalyModel
 from kdad.metrics import AnomalyMetrics
 from kdad.runner.compare import compose_run_config
 from kdad.runner.train import build_modules
@@ -49,6 +50,8 @@ def run_overrides(
         f"data.batch_size={batch}",
         f"data.eval_batch_size={batch}",
         f"data.n_train={settings.train_images}",
+        # the bench computes no decision thresholds: train on every one of the train images (no calibration hold-out)
+        "data.calibration_split=0",
         f"data.n_test_good={settings.test_good}",
         f"data.n_test_per_defect={settings.test_per_defect}",
         "logger=none",
@@ -73,10 +76,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
 
 def make_trainer(cfg: DictConfig, module: L.LightningModule, callbacks: Sequence[L.Callback]) -> L.Trainer:
     """The run's trainer, reduced to training and testing: no logger, checkpoints, validation or progress bar.
-    Methods trained in stages by epoch (AAND) get one epoch per stage."""
+    One epoch; methods trained in stages by epoch (AAND) one per stage (a stage length the config fixes as set):
+    their stage lengths follow the trainer's max_epochs."""
     return hydra.utils.instantiate(
         cfg.trainer,
-        max_epochs=int(getattr(module, "total_epochs", 1)),
+        max_epochs=int(getattr(module, "shortest_run", 1)),
         max_steps=-1,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -88,13 +92,9 @@ def make_trainer(cfg: DictConfig, module: L.LightningModule, callbacks: Sequence
     )
 
 
-def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+def parameter_counts(model: AnomalyModel) -> dict[str, int]:
     """Trainable (what the method's optimisers update) and total parameters, each parameter counted once."""
-    entries = model.trainable_parameters()
-    trainable: dict[int, torch.nn.Parameter] = {}
-    for entry in entries:
-        for p in entry["params"] if isinstance(entry, dict) else [entry]:
-            trainable[id(p)] = p
+    trainable = {id(p): p for p in model.trainable_parameters()}
     return {
         "trainable": sum(p.numel() for p in trainable.values()),
         "total": sum(p.numel() for p in model.parameters()),

@@ -11,9 +11,12 @@ import pytest
 import torch
 from helpers import compose_config
 
+from bench.method import make_trainer, parameter_counts, run_overrides
 from bench.runner import load_settings, run_bench
 from bench.timing import Bucket, timed_attribute
+from kdad.methods.aand.module import stage_lengths
 from kdad.metrics import AnomalyMetrics
+from kdad.runner.compare import compose_run_config
 from kdad.runner.speed import apply_speed
 
 TINY = [
@@ -126,3 +129,20 @@ def test_speed_options_compose_and_apply(tmp_path: Path) -> None:
     apply_speed(fast, compile=True)  # lazy: nothing compiles until the first call
     compiled = {name for name, child in fast.model.named_children() if child._compiled_call_impl is not None}
     assert compiled == {"teacher", "bottleneck", "decoder"}  # the networks; not the parameter-free map head
+
+
+@pytest.mark.parametrize(
+    ("extra", "epochs", "stages"),
+    [([], 2, (1, 1)), (["method.stage1_epochs=3"], 4, (3, 1)), (["method.stage2_epochs=2"], 3, (1, 2))],
+)
+def test_bench_trains_each_aand_stage_once(extra: list[str], epochs: int, stages: tuple, tmp_path: Path) -> None:
+    """AAND's stage lengths follow trainer.max_epochs: the bench's trainer gives each stage one epoch (a stage
+    length the config fixes as set), which the module's own split of that run gives back."""
+    settings = load_settings(["bench.image_size=64"]).bench
+    cfg = compose_run_config(run_overrides(settings, "aand", "32-true", tmp_path, extra))
+    module = hydra.utils.instantiate(cfg.method)
+    trainer = make_trainer(cfg, module, [])
+    assert trainer.max_epochs == epochs
+    assert stage_lengths(epochs, *module.requested_epochs, module.stage1_fraction) == stages
+    counts = parameter_counts(module.model)
+    assert counts["trainable"] == sum(p.numel() for p in module.model.trainable_parameters()) < counts["total"]
