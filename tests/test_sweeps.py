@@ -24,6 +24,7 @@ from omegaconf import read_write
 
 from kdad.data.embedded import SYNTHETIC_CATEGORIES
 from kdad.runner import gpus, sweep
+from kdad.runner.gpus import GPU_PER_JOB_ENV
 from kdad.runner.report import RunResult, find_runs, main, markdown, table_rows, write_tables
 from kdad.runner.train import run
 
@@ -190,7 +191,7 @@ def test_launcher_configs_compose() -> None:
     assert _hydra_config(["hydra/launcher=slurm"]).hydra.launcher.partition is None  # the user's to set
     gpus = _hydra_config(["hydra/launcher=gpus"]).hydra
     assert gpus.launcher._target_.endswith("JoblibLauncher") and gpus.launcher.n_jobs >= 1
-    assert gpus.job.env_set[gpus.GPU_PER_JOB_ENV] == "1"
+    assert gpus.job.env_set[GPU_PER_JOB_ENV] == "1"
     ddp = _hydra_config(["trainer=ddp"]).trainer
     assert ddp.strategy.start_method in ("spawn", "fork")
 
@@ -209,7 +210,7 @@ def test_each_parallel_job_gets_its_own_gpu(tmp_path: Path, monkeypatch) -> None
     cfg = compose_config([], tmp_path)
     with gpus.job_gpu(cfg):
         assert (cfg.trainer.devices, cfg.trainer.accelerator) == (1, "auto")  # not under hydra/launcher=gpus
-    monkeypatch.setenv(gpus.GPU_PER_JOB_ENV, "1")
+    monkeypatch.setenv(GPU_PER_JOB_ENV, "1")
     first, second = compose_config([], tmp_path), compose_config([], tmp_path)
     with gpus.job_gpu(first), gpus.job_gpu(second):
         assert (first.trainer.devices, second.trainer.devices) == ([0], [1])
