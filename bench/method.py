@@ -266,8 +266,11 @@ def test_passes(
     }
 
 
-def measure_method(settings: DictConfig, method: str, precision: str, workdir: Path | None = None) -> dict[str, Any]:
-    """Every figure of one (method, precision) row; see the module docstring."""
+def measure_method(
+    settings: DictConfig, method: str, precision: str, workdir: Path | None = None, deploy: bool = False
+) -> dict[str, Any]:
+    """Every figure of one (method, precision) row; see the module docstring. ``deploy``: then the deployment
+    figures of the trained module (``bench/deploy.py``, after the row's peak memory is read) under ``"deploy"``."""
     device = torch.device(settings.device)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cfg = compose_run_config(run_overrides(settings, method, precision, Path(tmp)))
@@ -305,4 +308,8 @@ def measure_method(settings: DictConfig, method: str, precision: str, workdir: P
         }
         if device.type == "cuda":
             row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+        if deploy:
+            from bench.deploy import measure_deploy  # onnx, onnxruntime and OpenVINO load only when measured
+
+            row["deploy"] = measure_deploy(settings, method, cfg, module, Path(tmp))
         return row

@@ -108,7 +108,25 @@ def evaluate_targets(results: dict[str, Any], targets: DictConfig) -> list[dict[
     speedups = option_speedups(results)
     for option in ("channels_last", "compile"):
         checks += _speed_option_check(option, [s for s in speedups if s["option"] == option], rows)
+    checks += _predict_check(results.get("deploy") or [], targets.get("predict_over_forward"))
     return checks
+
+
+def _predict_check(deploy: list[dict[str, Any]], limit: float | None) -> list[dict[str, Any]]:
+    """``kdad.predict`` end to end / pure forward over the same images, worst measured method (none measured: no
+    check)."""
+    measured = [(d["predict"]["predict_over_forward"], d["method"]) for d in deploy if d.get("predict")]
+    if not measured or limit is None:
+        return []
+    value, where = max(measured)
+    return [
+        {
+            "target": "kdad.predict (torch) end to end / pure forward (same images)",
+            "limit": f"<= {limit:.2f}",
+            "measured": f"{value:.2f} (worst: {where}, {len(measured)} methods)",
+            "pass": bool(value <= limit),
+        }
+    ]
 
 
 def _speed_option_check(option: str, measured: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict]:
@@ -230,6 +248,9 @@ def format_report(results: dict[str, Any]) -> str:
             "",
             _table(option_header, option_lines),
         ]
+    if results.get("deploy"):
+        limit = ((results.get("settings") or {}).get("targets") or {}).get("predict_over_forward")
+        parts += ["", *deploy_tables(results["deploy"], limit)]
     targets = results["targets"]
     target_lines = [[c["target"], c["limit"], c["measured"], "PASS" if c["pass"] else "FAIL"] for c in targets]
     parts += ["", "Targets:", "", _table(["target", "limit", "measured", "result"], target_lines)]
@@ -238,3 +259,139 @@ def format_report(results: dict[str, Any]) -> str:
         end = env.get("load_average_end") or [math.nan]
         parts.append(f"\nload average (1 min) at start {load[0]:.2f}, at end {end[0]:.2f}")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- deployment
+RUNTIMES = ("torch", "onnx", "openvino")
+
+
+def _rate(figures: dict[str, Any] | None, key: str, torch_figures: dict[str, Any] | None) -> str:
+    """images/s and, for an exported runtime, its ratio to torch on the same device."""
+    if figures is None:
+        return "-"
+    text = f"{figures[key]:.1f}"
+    if torch_figures is not None and figures is not torch_figures:
+        text += f" ({figures[key] / torch_figures[key]:.2f}x)"
+    return text
+
+
+def _count(value: float) -> str:
+    return f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value:.0f}"
+
+
+def deploy_tables(deploy: list[dict[str, Any]], predict_limit: float | None = None) -> list[str]:
+    """Lines of the deployment tables: runtime speeds, exported-vs-torch deviations, kdad.predict end to end
+    (with PASS/FAIL against ``predict_limit``, the ``predict_over_forward`` target, when given)."""
+    first = deploy[0]
+    batch = first["batch_size"]
+    speed_lines = []
+    for d in deploy:
+        exports = d["exports"]
+        export_seconds = " / ".join(
+            f"{exports[f]['seconds']:.0f}" if exports[f]["available"] else "failed" for f in ("onnx", "openvino")
+        )
+        for place, figures in d["speed"].items():
+            torch_figures = figures.get("torch")
+            label = place if place == "cpu" else f"{place} (torch only)"
+            speed_lines.append(
+                [
+                    d["method"],
+                    label,
+                    *(_rate(figures.get(r), "b1_images_per_s", torch_figures) for r in RUNTIMES),
+                    *(_rate(figures.get(r), "batch_images_per_s", torch_figures) for r in RUNTIMES),
+                    export_seconds if place == "cpu" else "-",
+                ]
+            )
+    speed_header = [
+        "method",
+        "device",
+        *(f"{r} b1" for r in RUNTIMES),
+        *(f"{r} b{batch}" for r in RUNTIMES),
+        "export s onnx / openvino",
+    ]
+    counts = f"{first['images_b1']} images at b1, {first['images']} at b{batch}"
+    lines = [
+        f"Deployment: exported float32 models (ONNX Runtime, OpenVINO; CPU) against kdad's torch eval path, images/s "
+        f"on the same test images ({counts}; taking turns; (x) = ÷ torch on the same device):",
+        "",
+        _table(speed_header, speed_lines),
+    ]
+    deviation_lines = []
+    for d in deploy:
+        for fmt in ("onnx", "openvino"):
+            export = d["exports"][fmt]
+            if not export["available"]:
+                deviation_lines.append([d["method"], fmt, "unavailable", "-", "-", "-", "-", export["error"][:80]])
+                continue
+            dev = d["deviation"][fmt]
+            pixels = f"{dev['pixel_flips']} / {_count(dev['pixels'])}" if "pixel_flips" in dev else "-"
+            deviation_lines.append(
+                [
+                    d["method"],
+                    fmt,
+                    f"{dev['max_abs_map']:.2g}",
+                    f"{dev['max_abs_score']:.2g}",
+                    f"{dev['relative']:.2g}",
+                    d["thresholds"]["source"],
+                    f"{dev['image_flips']} / {dev['images']} ({dev['nok_torch']} NOK)",
+                    pixels,
+                ]
+            )
+    deviation_header = [
+        "method",
+        "runtime",
+        "max abs map dev",
+        "max abs score dev",
+        "÷ map range",
+        "threshold",
+        "decisions flipped",
+        "mask pixels flipped",
+    ]
+    lines += [
+        "",
+        "Exported vs torch on the same images (the b"
+        f"{batch} outputs; decisions: NOK iff score > threshold, torch's NOK count in brackets):",
+        "",
+        _table(deviation_header, deviation_lines),
+    ]
+    predicted = [d for d in deploy if d.get("predict")]
+    if predicted:
+        predict_lines = []
+        for d in predicted:
+            p = d["predict"]
+            predict_lines.append(
+                [
+                    d["method"],
+                    p["device"],
+                    f"{p['images']}",
+                    f"{p['batch_size']} / {p['workers']}",
+                    f"{p['predict_images_per_s']:.1f}",
+                    f"{p['forward_images_per_s']:.1f}",
+                    f"{p['model_in_predict_over_forward']:.2f}",
+                    f"{p['predict_over_forward']:.2f}",
+                    *(
+                        []
+                        if predict_limit is None
+                        else ["PASS" if p["predict_over_forward"] <= predict_limit else "FAIL"]
+                    ),
+                ]
+            )
+        predict_header = [
+            "method",
+            "device",
+            "PNGs",
+            "batch / workers",
+            "kdad.predict img/s",
+            "pure forward img/s",
+            "model in predict ÷ forward",
+            "predict ÷ forward",
+            *([] if predict_limit is None else [f"≤ {predict_limit:g}"]),
+        ]
+        lines += [
+            "",
+            "kdad.predict (torch backend: decode, model, masks, overlays, CSV) end to end against the pure forward of "
+            "the same images:",
+            "",
+            _table(predict_header, predict_lines),
+        ]
+    return lines

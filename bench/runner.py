@@ -102,12 +102,14 @@ def run_bench(config: DictConfig, say: Any = print) -> dict[str, Any]:
         "environment": environment(settings),
         "rows": [],
         "options": [],
+        "deploy": [],
     }
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for method in settings.methods:
             measured = measure_in_process(settings, method, Path(tmp))
             results["rows"] += measured["rows"]
             results["options"] += measured["options"]
+            results["deploy"] += measured["deploy"]
     tick = time.perf_counter()
     results["pixel_memory"] = measure_pixel_memory(settings.pixel_memory, settings.threads)
     say(f"[bench] pixel-metric memory: {time.perf_counter() - tick:.0f}s", flush=True)

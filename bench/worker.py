@@ -21,21 +21,39 @@ from bench.options import OPTIONS, measure_option
 from bench.quiet import quiet
 
 DEFAULT_PRECISIONS = {"cpu": ["32-true"], "cuda": ["bf16-mixed", "32-true"]}
+# the precision whose row is followed by the deployment figures (exports are float32)
+DEPLOY_PRECISION = "32-true"
 
 
 def precisions_of(settings: DictConfig) -> list[str]:
     return list(settings.precisions or DEFAULT_PRECISIONS[settings.device])
 
 
+def deploy_wanted(settings: DictConfig, method: str, precision: str) -> bool:
+    """Whether ``method``'s row at ``precision`` is followed by the deployment figures (``bench.deploy``)."""
+    spec = settings.get("deploy")
+    return bool(spec and spec.enabled and precision == DEPLOY_PRECISION and method in (spec.methods or []))
+
+
 def measure_all(settings: DictConfig, method: str, say: Callable[..., Any] = print) -> dict[str, list[dict]]:
-    """The main row of ``method`` at every precision, each followed by its speed-option rows."""
+    """The main row of ``method`` at every precision (the 32-true one followed by the deployment figures where
+    ``bench.deploy`` asks for them), each followed by its speed-option rows."""
     workdir = Path(settings.workdir).expanduser() if settings.workdir else None
-    out: dict[str, list[dict]] = {"rows": [], "options": []}
+    out: dict[str, list[dict]] = {"rows": [], "options": [], "deploy": []}
     for precision in precisions_of(settings):
         tick = time.perf_counter()
-        row = measure_method(settings, method, precision, workdir)
+        row = measure_method(settings, method, precision, workdir, deploy=deploy_wanted(settings, method, precision))
+        deploy = row.pop("deploy", None)
         out["rows"].append(row)
-        say(f"[bench] {method} {precision}: {time.perf_counter() - tick:.0f}s", flush=True)
+        if deploy is None:
+            say(f"[bench] {method} {precision}: {time.perf_counter() - tick:.0f}s", flush=True)
+        else:
+            out["deploy"].append(deploy)
+            seconds = time.perf_counter() - tick
+            say(
+                f"[bench] {method} {precision}: {seconds - deploy['seconds']:.0f}s, deploy {deploy['seconds']:.0f}s",
+                flush=True,
+            )
         for option in OPTIONS:
             if method not in (settings.options.get(option) or []):
                 continue

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from helpers import compose_config
 
+from bench.deploy import decision_deviation, decision_thresholds, interleaved
 from bench.method import make_trainer, parameter_counts, run_overrides
 from bench.runner import load_settings, run_bench
 from bench.timing import Bucket, timed_attribute
@@ -35,6 +37,15 @@ TINY = [
     "bench.pixel_memory.images=24",
     "bench.pixel_memory.size=64",
     "bench.pixel_memory.batch=8",
+    # deployment: rd only, one batch, one round, six PNGs for kdad.predict
+    "bench.deploy.methods=[rd]",
+    "bench.deploy.batches=1",
+    "bench.deploy.images_b1=2",
+    "bench.deploy.rounds=1",
+    "bench.deploy.check_images=1",
+    "bench.deploy.predict.methods=[rd]",
+    "bench.deploy.predict.images=6",
+    "bench.deploy.predict.rounds=1",
 ]
 
 
@@ -88,6 +99,54 @@ def test_bench_writes_every_figure(bench_run: tuple[dict, str, Path]) -> None:
     assert targets["frozen teachers in eval mode without autograd (after training)"]["pass"] is True
     for line in ("| rd | 32-true |", "| stfpm | 32-true |", "Targets:", "| rd | 32-true | channels_last |"):
         assert line in printed
+
+
+def test_bench_measures_deployment(bench_run: tuple[dict, str, Path]) -> None:
+    """rd's exports against torch on the same images, their deviation and decisions, and kdad.predict end to end
+    (no timing thresholds: only that every figure is there and the exports agree with torch)."""
+    results, printed, _ = bench_run
+    (deploy,) = results["deploy"]  # bench.deploy.methods=[rd]: stfpm has none
+    assert deploy["method"] == "rd" and deploy["images"] == 4 and deploy["images_b1"] == 2
+    assert set(deploy["speed"]) == {"cpu"} and set(deploy["speed"]["cpu"]) == {"torch", "onnx", "openvino"}
+    for figures in deploy["speed"]["cpu"].values():
+        assert figures["b1_images_per_s"] > 0 and figures["batch_images_per_s"] > 0
+    assert deploy["thresholds"]["source"].startswith("median score")  # the bench's module has no thresholds
+    for fmt in ("onnx", "openvino"):
+        assert deploy["exports"][fmt]["available"] and deploy["exports"][fmt]["seconds"] > 0
+        deviation = deploy["deviation"][fmt]
+        assert deviation["images"] == 4 and deviation["relative"] < 1e-4 and deviation["image_flips"] == 0
+        assert deviation["nok_torch"] == 2 and deviation["pixels"] == 4 * 64 * 64
+    predict = deploy["predict"]
+    assert predict["images"] == 6 and predict["backend"] == "torch" and len(predict["rounds"]) == 1
+    assert predict["predict_over_forward"] > 0 and predict["batch_size"] == 16 and predict["workers"] == 4
+    targets = {t["target"]: t for t in results["targets"]}
+    assert "kdad.predict (torch) end to end / pure forward (same images)" in targets
+    for line in ("| rd | cpu |", "| rd | onnx |", "| rd | openvino |", "kdad.predict img/s"):
+        assert line in printed
+
+
+def test_deploy_turns_and_decision_flips() -> None:
+    calls: list[str] = []
+
+    def runner(name: str, shift: float) -> object:
+        def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            calls.append(name)
+            return batch.sum(axis=(1, 2, 3)) + shift, batch[:, 0] + shift
+
+        return run
+
+    inputs = [np.full((2, 3, 4, 4), v, dtype=np.float32) for v in (0.0, 1.0)]
+    seconds, outputs = interleaved({"a": runner("a", 0.0), "b": runner("b", 0.5)}, inputs, torch.device("cpu"), 2)
+    # each turn: one warm-up call, then every input; the first runner changes from round to round
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 and set(seconds) == {"a", "b"}
+    assert [len(outputs[name]) for name in ("a", "b")] == [2, 2]  # the first round's outputs
+    reference = {"score": np.array([0.0, 1.0, 2.0, 3.0]), "map": np.zeros((4, 2, 2))}
+    thresholds, source = decision_thresholds(None, reference)
+    assert thresholds.image.value == 1.5 and source.startswith("median score")
+    exported = {"score": np.array([0.0, 1.6, 2.0, 3.0]), "map": np.zeros((4, 2, 2))}
+    figures = decision_deviation(reference, exported, thresholds)
+    assert figures["image_flips"] == 1 and figures["nok_torch"] == 2 and figures["max_abs_score"] == pytest.approx(0.6)
+    assert figures["pixel_flips"] == 0 and figures["pixels"] == 16
 
 
 def test_bench_settings_reject_unknown_keys_and_devices() -> None:
