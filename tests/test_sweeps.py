@@ -332,7 +332,9 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path: Path) -> None:
     AUROC, ≈ 0.06 image AUROC and AUPRO on this 12-image test set, where one image pair moves AUROC by 1/32."""
     root = tmp_path / "mvtec"
     write_mvtec(root, ("bottle",), n_train=8, n_test_good=4, n_per_defect=4)
+    # threshold=f1_test: no calibration hold-out, so both runs train on all 8 images (the premise above)
     base = ["data=mvtec", f"data.root={root}", "data.category=bottle", *TINY, "logger=csv", "review_cases=0"]
+    base.append("threshold=f1_test")
     single = run(compose_config([*base, "data.batch_size=8", "tag=single"], tmp_path), quiet=True)
     ddp_overrides = [*base, "data.batch_size=4", "tag=ddp", "trainer=ddp", "trainer.accelerator=cpu"]
     ddp_cfg = compose_config([*ddp_overrides, "trainer.devices=2"], tmp_path)
