@@ -24,6 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+from kdad.deploy.postprocess import Prediction
 from kdad.errors import ConfigError
 from kdad.runner.predict import (
     CSV_COLUMNS,
@@ -31,7 +32,6 @@ from kdad.runner.predict import (
     PredictionWriter,
     PredictSummary,
     Records,
-    Result,
     find_images,
     predict,
     predict_images,
@@ -295,7 +295,10 @@ class _StopAtSecondBatch:
         self.calls += 1
         if self.calls == 2:
             raise KeyboardInterrupt
-        return [lambda rgb=rgb: Result(1.0, 0.75, "NOK", np.zeros(rgb.shape[:2], np.float32), None) for rgb in rgbs]
+        return [
+            lambda rgb=rgb: Prediction(1.0, 0.75, "NOK", np.zeros(rgb.shape[:2], np.float32), None, rgb.shape[:2])
+            for rgb in rgbs
+        ]
 
 
 def test_interrupted_command_keeps_the_rows_already_predicted(images: tuple, tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +23,16 @@ import numpy as np
 from kdad.deploy.errors import DeployError
 from kdad.deploy.metadata import MAP_OUTPUT, SCORE_OUTPUT, Metadata
 from kdad.deploy.postprocess import (
-    Decision,
-    binary_mask,
-    decide,
+    Prediction,
+    make_prediction,
     map_display_range,
-    normalize_scores,
     overlay,
     record_display_range,
-    resize_map,
 )
 from kdad.imaging import check_rgb_array, read_rgb, resize_rgb
 
 # name -> dims (an int for a fixed dimension, None for a dynamic one) of a graph's inputs or outputs.
 Signature = dict[str, list[int | None]]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The result for one image, at the image's original size.
-
-    ``score`` is the raw image score, ``normalized_score`` its anomalib-style normalisation (0.5 = the
-    threshold), ``anomaly_map`` the raw float32 map resized to the original (height, width), ``mask`` the
-    uint8 0/255 mask of the map above the pixel threshold, or None when the export has no pixel threshold.
-    An export without thresholds (metadata ``"thresholds": null``) gives scores and maps only:
-    ``normalized_score`` and ``decision`` are None.
-    """
-
-    score: float
-    normalized_score: float | None
-    decision: Decision | None
-    anomaly_map: np.ndarray
-    mask: np.ndarray | None
-    image_size: tuple[int, int]
 
 
 class Inferencer(ABC):
@@ -147,17 +124,7 @@ class Inferencer(ABC):
         return scores, maps
 
     def _predict_one(self, score: float, anomaly_map: np.ndarray, size: tuple[int, int]) -> Prediction:
-        image_record, pixel_record = self.metadata.image_threshold, self.metadata.pixel_threshold
-        full_map = resize_map(anomaly_map, (int(size[0]), int(size[1])))
-        mask = None if pixel_record is None else binary_mask(full_map, float(pixel_record["value"]))
-        return Prediction(
-            score=score,
-            normalized_score=None if image_record is None else float(normalize_scores(score, image_record)),
-            decision=None if image_record is None else decide(score, float(image_record["value"])),
-            anomaly_map=full_map,
-            mask=mask,
-            image_size=(int(size[0]), int(size[1])),
-        )
+        return make_prediction(score, anomaly_map, size, self.metadata.image_threshold, self.metadata.pixel_threshold)
 
     def _check_signature(self) -> None:
         inputs, outputs = self._signature()

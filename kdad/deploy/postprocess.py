@@ -18,7 +18,9 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -134,3 +136,42 @@ def overlay(
             raise ValueError(f"overlay mask shape {mask.shape} differs from the map shape {values.shape}.")
         result[_outline(mask)] = outline_color
     return result
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image, at the image's original size.
+
+    ``score`` is the raw image score, ``normalized_score`` its anomalib-style normalisation (0.5 = the
+    threshold), ``anomaly_map`` the raw float32 map resized to the original (height, width), ``mask`` the
+    uint8 0/255 mask of the map above the pixel threshold, or None when the export has no pixel threshold.
+    An export without thresholds (metadata ``"thresholds": null``) gives scores and maps only:
+    ``normalized_score`` and ``decision`` are None.
+    """
+
+    score: float
+    normalized_score: float | None
+    decision: Decision | None
+    anomaly_map: np.ndarray
+    mask: np.ndarray | None
+    image_size: tuple[int, int]
+
+
+def make_prediction(
+    score: float,
+    model_map: np.ndarray,
+    size: tuple[int, int],
+    image_record: Mapping[str, Any] | None,
+    pixel_record: Mapping[str, Any] | None,
+) -> Prediction:
+    """One image's Prediction from the raw model outputs, for an image of ``size`` = (height, width): the map at the
+    original size, the mask at the pixel threshold, the normalised score and the decision at the image threshold.
+    The single post-processing of kdad.predict's torch path and of the exported-model inferencers. Without an image
+    record (a run without thresholds), or for a non-finite score, there is no decision, normalised score or mask."""
+    height, width = int(size[0]), int(size[1])
+    full_map = resize_map(model_map, (height, width))
+    if image_record is None or not math.isfinite(score):
+        return Prediction(score, None, None, full_map, None, (height, width))
+    mask = None if pixel_record is None else binary_mask(full_map, float(pixel_record["value"]))
+    normalized = float(normalize_scores(score, image_record))
+    return Prediction(score, normalized, decide(score, float(image_record["value"])), full_map, mask, (height, width))

@@ -63,14 +63,11 @@ from omegaconf import DictConfig
 
 from kdad.deploy.metadata import METADATA_FILE
 from kdad.deploy.postprocess import (
-    Decision,
-    binary_mask,
-    decide,
+    Prediction,
+    make_prediction,
     map_display_range,
-    normalize_scores,
     overlay,
     record_display_range,
-    resize_map,
 )
 from kdad.errors import ConfigError, UserError, check_choice
 from kdad.imaging import ImageReadError, read_rgb, resize_rgb
@@ -113,18 +110,6 @@ class InputImage:
     relative: PurePath
 
 
-@dataclass
-class Result:
-    """One image's prediction at its original size; ``decision``/``normalized_score``/``mask`` None where the run
-    has no thresholds (or no pixel threshold, for the mask)."""
-
-    score: float
-    normalized_score: float | None
-    decision: Decision | None
-    anomaly_map: np.ndarray
-    mask: np.ndarray | None
-
-
 @dataclass(frozen=True)
 class Records:
     """The run's threshold records as in metadata.json (``kdad.deploy.postprocess`` reads value, score_min and
@@ -140,25 +125,19 @@ class Records:
         return map_display_range(full_map) if record is None else record_display_range(record)
 
 
-def postprocess(score: float, model_map: np.ndarray, size: tuple[int, int], records: Records) -> Result:
-    """The Result of raw model outputs for an image of ``size`` = (height, width), with ``kdad.deploy.postprocess``
-    as the exported-model inferencer applies it (``Inferencer._predict_one``): map at the original size, mask with
-    the pixel threshold, normalised score and decision with the image threshold."""
-    full_map = resize_map(model_map, size)
-    if records.image is None or not math.isfinite(score):  # scores only; a NaN is the image's error in the CSV
-        return Result(score, None, None, full_map, None)
-    normalized = float(normalize_scores(score, records.image))
-    mask = None if records.pixel is None else binary_mask(full_map, float(records.pixel["value"]))
-    return Result(score, normalized, decide(score, float(records.image["value"])), full_map, mask)
+def postprocess(score: float, model_map: np.ndarray, size: tuple[int, int], records: Records) -> Prediction:
+    """The Prediction of raw model outputs for an image of ``size`` = (height, width): the exported-model
+    inferencers' own post-processing (``kdad.deploy.postprocess.make_prediction``)."""
+    return make_prediction(score, model_map, size, records.image, records.pixel)
 
 
 # ------------------------------------------------------------------------------------------------ backends
-Finisher = Callable[[], Result]
+Finisher = Callable[[], Prediction]
 
 
 class Backend(Protocol):
     """A loaded model. ``prepare`` runs on the decode threads; ``forward`` on the main thread returns, per
-    image, a function that completes its Result (called on the writer threads)."""
+    image, a function that completes its Prediction (called on the writer threads)."""
 
     name: str
     run_dir: Path
@@ -239,10 +218,7 @@ class ExportBackend:
         return None  # the inferencer resizes in predict_batch (a no-op copy when the size already matches)
 
     def forward(self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any]) -> list[Finisher]:
-        return [
-            partial(Result, p.score, p.normalized_score, p.decision, p.anomaly_map, p.mask)
-            for p in self.inferencer.predict_batch(list(rgbs))
-        ]
+        return [partial(_identity, p) for p in self.inferencer.predict_batch(list(rgbs))]
 
 
 def _runtime_device(backend: str, device: str) -> str:
@@ -621,3 +597,7 @@ def predict(cfg: DictConfig, quiet: bool = False) -> PredictSummary:
     if not quiet:
         print(summary.report())
     return summary
+
+
+def _identity(prediction: Prediction) -> Prediction:
+    return prediction
