@@ -227,9 +227,9 @@ def _comparable_value(key: str, value: Any, places: list[tuple[str, str]]) -> An
     if key == "trainer.devices" and isinstance(value, list):
         return len(value)
     if isinstance(value, str):
-        for path, placeholder in places:
+        for path, reference in places:
             if value == path or value.startswith(f"{path}/"):
-                return placeholder + value[len(path) :]
+                return reference + value[len(path) :]
     return value
 
 
