@@ -24,10 +24,9 @@ from kdad.deploy.errors import DeployError
 from kdad.deploy.metadata import MAP_OUTPUT, SCORE_OUTPUT, Metadata
 from kdad.deploy.postprocess import (
     Prediction,
+    display_range,
     make_prediction,
-    map_display_range,
     overlay,
-    record_display_range,
 )
 from kdad.imaging import check_rgb_array, read_rgb, resize_rgb
 
@@ -104,8 +103,8 @@ class Inferencer(ABC):
 
         Without thresholds there is no reference range: the colours then span the map's own range (per image).
         """
-        record = self.metadata.pixel_threshold or self.metadata.image_threshold
-        span = map_display_range(prediction.anomaly_map) if record is None else record_display_range(record)
+        metadata = self.metadata
+        span = display_range(prediction.anomaly_map, metadata.image_threshold, metadata.pixel_threshold)
         return overlay(rgb, prediction.anomaly_map, prediction.mask, span, alpha)
 
     def _outputs(self, batch: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -91,6 +91,15 @@ def map_display_range(anomaly_map: np.ndarray) -> tuple[float, float]:
     return float(values.min()), float(values.max())
 
 
+def display_range(
+    anomaly_map: np.ndarray, image_record: Mapping[str, Any] | None, pixel_record: Mapping[str, Any] | None
+) -> tuple[float, float]:
+    """The map range an overlay spreads over its colours: the pixel record's, else the image record's (colours
+    comparable across images), else, without thresholds, this map's own (min, max)."""
+    record = pixel_record or image_record
+    return map_display_range(anomaly_map) if record is None else record_display_range(record)
+
+
 def jet(values: np.ndarray) -> np.ndarray:
     """uint8 RGB [..., 3] jet-like colours of ``values`` in [0, 1] (blue = low, red = high).
 

@@ -64,10 +64,9 @@ from omegaconf import DictConfig
 from kdad.deploy.metadata import METADATA_FILE
 from kdad.deploy.postprocess import (
     Prediction,
+    display_range,
     make_prediction,
-    map_display_range,
     overlay,
-    record_display_range,
 )
 from kdad.errors import ConfigError, UserError, check_choice
 from kdad.imaging import ImageReadError, read_rgb, resize_rgb
@@ -117,12 +116,6 @@ class Records:
 
     image: Mapping[str, Any] | None
     pixel: Mapping[str, Any] | None
-
-    def display_range(self, full_map: np.ndarray) -> tuple[float, float]:
-        """The map range an overlay spreads over its colours, as ``Inferencer.overlay`` chooses it: the pixel
-        record's, else the image record's (colours comparable across images), else this map's own (min, max)."""
-        record = self.pixel or self.image
-        return map_display_range(full_map) if record is None else record_display_range(record)
 
 
 def postprocess(score: float, model_map: np.ndarray, size: tuple[int, int], records: Records) -> Prediction:
@@ -402,8 +395,8 @@ def _finish(loaded: Loaded, finisher: Finisher, writer: PredictionWriter, record
     if result.mask is not None:
         writer.save_png(mask_file, result.mask)
         row["mask"] = mask_file
-    display_range = records.display_range(result.anomaly_map)
-    writer.save_png(overlay_file, overlay(rgb, result.anomaly_map, result.mask, display_range))
+    span = display_range(result.anomaly_map, records.image, records.pixel)
+    writer.save_png(overlay_file, overlay(rgb, result.anomaly_map, result.mask, span))
     row["overlay"] = overlay_file
     loaded.seconds += time.perf_counter() - started
     return row
