@@ -56,7 +56,8 @@ from kdad.imaging import read_rgb
 from kdad.metrics.thresholds import Thresholds, manual_threshold
 from kdad.runner.compare import CONF_DIR
 from kdad.runner.predict import PredictionWriter, PredictSummary, TorchBackend, find_images, predict_images
-from kdad.runner.trained import IN_MEMORY, TrainedRun
+from kdad.runner.results import TESTED_IN_MEMORY
+from kdad.runner.trained import TrainedRun
 
 EXPORTED = ("onnx", "openvino")
 PIXEL_QUANTILE = 0.99
@@ -78,7 +79,7 @@ def measure_deploy(settings: DictConfig, method: str, cfg: DictConfig, module: A
         run_dir=workdir / "deploy-run",
         config=cfg,
         module=module,
-        checkpoint=Path(IN_MEMORY),
+        checkpoint=Path(TESTED_IN_MEMORY),
         thresholds=module.thresholds,
     )
     out: dict[str, Any] = {"method": method, "image_size": size, "batch_size": batch}

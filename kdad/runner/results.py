@@ -16,10 +16,17 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from kdad.deploy.postprocess import decide, normalize_scores
+from kdad.errors import ConfigError
 from kdad.records import OverlaySample, TestRecord
 from kdad.runner.visualize import overlay_panel
 
 CONFIG_NAME = "config_resolved.yaml"
+#: written last and atomically: its presence marks a finished run
+METRICS_NAME = "metrics.json"
+#: saved at every epoch end and on Ctrl-C: what a re-run resumes from, and the weights of checkpoint=last
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+#: metrics.json's checkpoint_used when the weights in memory after training were tested (last.ckpt holds them)
+TESTED_IN_MEMORY = "weights in memory after training"
 #: Hydra's record of the command in the run folder (config.yaml, hydra.yaml, overrides.yaml), written by kdad.
 HYDRA_SUBDIR = ".hydra"
 
@@ -98,9 +105,24 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
     return stored if isinstance(stored, dict) else None
 
 
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The run's metrics.json; None when the run has not finished (no file); ConfigError naming the file when it
+    is not a readable JSON object."""
+    path = run_dir / METRICS_NAME
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{path} is not a JSON object: not a kdad metrics file")
+    return metrics
+
+
 def write_metrics(run_dir: Path, summary: Mapping[str, Any]) -> Path:
     """metrics.json is written last and atomically: its presence marks a finished run."""
-    path = run_dir / "metrics.json"
+    path = run_dir / METRICS_NAME
     _atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n")
     return path
 

@@ -33,10 +33,14 @@ from kdad.metrics import DEFAULT_FPR
 from kdad.runner.loggers import finish_wandb, offline_run_hint, quiet_lightning_tips
 from kdad.runner.results import (
     CONFIG_NAME,
+    LAST_CHECKPOINT,
+    METRICS_NAME,
     OPTIMISTIC_THRESHOLD_POLICIES,
+    TESTED_IN_MEMORY,
     format_table,
     per_defect_scores,
     read_config,
+    read_metrics,
     resolved_config,
     write_config,
     write_hydra_record,
@@ -93,7 +97,7 @@ def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = run_dir / LAST_CHECKPOINT
     return last if last.is_file() else None
 
 
@@ -197,7 +201,7 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) ->
 
 
 def _held_run(run_dir: Path) -> str | None:
-    if (run_dir / "metrics.json").is_file():
+    if (run_dir / METRICS_NAME).is_file():
         return "a finished run"
     if resume_checkpoint(run_dir) is not None:
         return "an unfinished run (checkpoints/last.ckpt)"
@@ -237,11 +241,6 @@ def _show(value: Any) -> str:
     return "(absent)" if value is _ABSENT else json.dumps(value, default=str)
 
 
-def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _check_options(cfg: DictConfig) -> None:
     if str(cfg.data.category) == ALL_CATEGORIES:
         raise ConfigError("data.category=all runs one job per category: add -m (python -m kdad.run -m ...)")
@@ -250,7 +249,7 @@ def _check_options(cfg: DictConfig) -> None:
 
 
 def _remove_outputs(run_dir: Path) -> None:
-    for stale in ("metrics.json", "scores.csv", "checkpoints", "overlays"):
+    for stale in (METRICS_NAME, "scores.csv", "checkpoints", "overlays"):
         target = run_dir / stale
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
 
@@ -305,9 +304,9 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
         check_run_folder(cfg, run_dir)
     elif cfg.train:
         _remove_outputs(run_dir)
-    finished = _finished_summary(run_dir)
+    finished = read_metrics(run_dir)
     if finished is not None and cfg.train:
-        log.info("Run already finished: %s (overwrite=true trains again)", run_dir / "metrics.json")
+        log.info("Run already finished: %s (overwrite=true trains again)", run_dir / METRICS_NAME)
         say(results_report(finished, f"{_title(finished, cfg)} (finished earlier)", run_dir))
         return finished
     write_config(run_dir, cfg)
@@ -345,7 +344,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     test_ckpt = _test_checkpoint(cfg, trainer)
     tester = _test_trainer(cfg, trainer, logger)
     tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
-    summary = _protocol(cfg, datamodule, module, test_ckpt or "weights in memory after training")
+    summary = _protocol(cfg, datamodule, module, test_ckpt or TESTED_IN_MEMORY)
     summary.update(
         metrics=module.test_metrics,
         per_defect=per_defect_scores(module.test_records),

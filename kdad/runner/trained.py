@@ -23,7 +23,6 @@ callback states, the ``kdad`` block) are plain data and load that way as well (t
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import re
@@ -41,15 +40,9 @@ from kdad.errors import ConfigError
 from kdad.methods.base import AnomalyModule
 from kdad.metrics.thresholds import Thresholds
 from kdad.runner.cli import user_error_message
-from kdad.runner.results import CONFIG_NAME
+from kdad.runner.results import CONFIG_NAME, LAST_CHECKPOINT, METRICS_NAME, TESTED_IN_MEMORY, read_metrics
 
 log = logging.getLogger("kdad")
-
-METRICS_NAME = "metrics.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-# What metrics.json says when the weights in memory after training were tested (checkpoint policy "last"):
-# last.ckpt holds them.
-IN_MEMORY = "weights in memory after training"
 
 
 class TrainedRunError(ConfigError):
@@ -100,7 +93,7 @@ def load_trained_run(
             "(runs/<tag>/<benchmark>/<category>/<method>/seed<seed>)"
         )
     config = read_run_config(folder)
-    metrics = _read_metrics(folder)
+    metrics = read_metrics(folder)
     if checkpoint is None:
         checkpoint = tested_checkpoint(folder, metrics)
     elif not checkpoint.is_file():
@@ -130,19 +123,6 @@ def read_run_config(run_dir: Path) -> DictConfig:
     return config
 
 
-def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / METRICS_NAME
-    if not path.is_file():
-        return None  # an interrupted run: no test yet
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrainedRunError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(metrics, dict):
-        raise TrainedRunError(f"{path} is not a JSON object: not a kdad metrics file")
-    return metrics
-
-
 def tested_checkpoint(run_dir: Path, metrics: dict[str, Any] | None) -> Path:
     """The checkpoint a run was tested with (``metrics.json["checkpoint_used"]``), else ``checkpoints/last.ckpt``.
 
@@ -151,7 +131,7 @@ def tested_checkpoint(run_dir: Path, metrics: dict[str, Any] | None) -> Path:
     """
     used = (metrics or {}).get("checkpoint_used")
     last = run_dir / LAST_CHECKPOINT
-    if isinstance(used, str) and used != IN_MEMORY:
+    if isinstance(used, str) and used != TESTED_IN_MEMORY:
         stored = Path(used).expanduser()
         for candidate in (stored, run_dir / stored, run_dir / "checkpoints" / stored.name):
             if candidate.is_file():
