@@ -238,10 +238,8 @@ class AnomalyModule(L.LightningModule):
         output: AnomalyOutput = self.model(batch["image"])
         scores = output.score.float()
         maps = output.anomaly_map.float()
-        labels = batch["label"].long()
-        masks = batch["mask"][:, 0] > 0.5
-        has_mask = batch["has_mask"].bool()
-        if bool(((labels == 1) & ~has_mask).any()):
+        labels, masks, has_mask = ground_truth(batch)
+        if not anomalies_have_masks(labels, has_mask):
             self._all_anomalies_have_masks = False
         self._metrics.update(scores, labels, maps, masks)
         for name, (aux_score, aux_map) in output.auxiliary.items():
@@ -348,10 +346,10 @@ class AnomalyModule(L.LightningModule):
                         raise ValueError("normal_quantile calibration images must all be normal (label 0)")
                     calibration.update(scores, maps)
                     continue
-                labels = batch["label"].long()
-                if bool(((labels == 1) & ~batch["has_mask"].bool()).any()):
+                labels, masks, has_mask = ground_truth(batch)
+                if not anomalies_have_masks(labels, has_mask):
                     self._calibration_masks_complete = False
-                calibration.update(scores, labels.to(scores.device), maps, (batch["mask"][:, 0] > 0.5).to(maps.device))
+                calibration.update(scores, labels.to(scores.device), maps, masks.to(maps.device))
         self._calibration = calibration
 
     def _compute_thresholds(self) -> Thresholds:
@@ -433,6 +431,16 @@ class AnomalyModule(L.LightningModule):
             # Restore the frozen weights from this module, so the strict load below sees every key.
             for key, value in module.state_dict().items():
                 checkpoint["state_dict"].setdefault(f"{prefix}{key}", value)
+
+
+def ground_truth(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """A batch's image labels [B] (long), binary masks [B,H,W] (bool) and which images have a mask [B] (bool)."""
+    return batch["label"].long(), batch["mask"][:, 0] > 0.5, batch["has_mask"].bool()
+
+
+def anomalies_have_masks(labels: Tensor, has_mask: Tensor) -> bool:
+    """False when an anomalous image has no mask: pixel metrics would then count its defect as normal pixels."""
+    return not bool(((labels == 1) & ~has_mask).any())
 
 
 def denormalise(image: Tensor) -> np.ndarray:
