@@ -16,6 +16,7 @@ another architecture or input, is a :class:`ParityReferenceError` that names the
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -66,12 +67,18 @@ def seeded_tensor(name: str, shape: Iterable[int], seed: int = SEED) -> Tensor:
     return 0.05 * noise
 
 
-def seed_module(module: nn.Module, seed: int = SEED, rename: Callable[[str], str] | None = None) -> list[str]:
+def seed_module(
+    module: nn.Module,
+    seed: int = SEED,
+    rename: Callable[[str], str | tuple[str, Iterable[int]]] | None = None,
+) -> list[str]:
     """Overwrite every floating-point parameter and buffer of ``module`` with :func:`seeded_tensor` values.
 
     ``rename`` maps the module's own state-dict key to the kdad key whose value it gets (the official network's
-    side of a parity reference); kdad's modules use their own keys. Integer buffers (``num_batches_tracked``) are
-    left alone. Returns the kdad keys filled, in state-dict order.
+    side of a parity reference); kdad's modules use their own keys. Where the two layouts of a tensor differ by a
+    reshape only (e.g. AAND's prototypes, [1, M, C] officially and [M, C] in kdad), ``rename`` returns
+    ``(kdad key, kdad shape)``: the value is drawn for kdad's shape and reshaped to the module's. Integer buffers
+    (``num_batches_tracked``) are left alone. Returns the kdad keys filled, in state-dict order.
     """
     filled = []
     state = module.state_dict(keep_vars=True)
@@ -79,8 +86,9 @@ def seed_module(module: nn.Module, seed: int = SEED, rename: Callable[[str], str
         for key, tensor in state.items():
             if not tensor.is_floating_point():
                 continue
-            name = rename(key) if rename else key
-            tensor.copy_(seeded_tensor(name, tensor.shape, seed).to(tensor.dtype))
+            target = rename(key) if rename else key
+            name, shape = target if isinstance(target, tuple) else (target, tensor.shape)
+            tensor.copy_(seeded_tensor(name, shape, seed).reshape(tensor.shape).to(tensor.dtype))
             filled.append(name)
     return filled
 
@@ -119,7 +127,10 @@ def fingerprint_of(name: str, tensor: Tensor) -> dict[str, np.ndarray]:
     return fingerprint(tensor)
 
 
+@functools.lru_cache(maxsize=256)
 def _sample_index(numel: int, count: int = SAMPLE_SIZE) -> Tensor:
+    # Cached: a full randperm of a large tensor's size costs ~0.1 s, and gradients/updates repeat the same sizes.
+    # Callers only index with the result.
     if numel <= count:
         return torch.arange(numel)
     generator = torch.Generator().manual_seed(numel)
@@ -164,6 +175,13 @@ class Reference:
             raise ParityReferenceError(f"{self.path}: no tensor {name!r} recorded (recorded: {', '.join(self.names())})")
         return found
 
+    def raw(self, name: str) -> np.ndarray:
+        """An array stored whole (``save_reference(..., raw=...)``)."""
+        key = f"{name}/raw"
+        if key not in self.arrays:
+            raise ParityReferenceError(f"{self.path}: no raw array {name!r} recorded")
+        return self.arrays[key]
+
 
 def reference_paths(method: str, directory: Path = REFERENCE_DIR) -> tuple[Path, Path]:
     return directory / f"{method}.npz", directory / f"{method}.json"
@@ -175,11 +193,17 @@ def save_reference(
     architecture: Mapping[str, Any],
     provenance: Mapping[str, Any],
     directory: Path = REFERENCE_DIR,
+    raw: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``<method>.npz`` (fingerprints of ``tensors``) and ``<method>.json`` (architecture, provenance)."""
+    """Write ``<method>.npz`` (fingerprints of ``tensors``) and ``<method>.json`` (architecture, provenance).
+
+    ``raw``: small arrays stored whole (``<name>/raw``, read back by :meth:`Reference.raw`), for an input the
+    official code generates and kdad's test must feed as is (e.g. RD++'s simplex-noise patches).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     npz, meta = reference_paths(method, directory)
     arrays = {f"{name}/{field}": value for name, t in tensors.items() for field, value in fingerprint_of(name, t).items()}
+    arrays.update({f"{name}/raw": np.asarray(value) for name, value in (raw or {}).items()})
     np.savez_compressed(npz, **arrays)
     record = {
         "format": FORMAT_VERSION,
@@ -190,6 +214,8 @@ def save_reference(
         "provenance": dict(provenance),
         "tensors": sorted(tensors),
     }
+    if raw:
+        record["raw"] = sorted(raw)
     meta.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return npz, meta
 

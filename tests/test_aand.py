@@ -208,6 +208,10 @@ def test_multistep_milestones_at_80_and_90_percent() -> None:
         optimizer.step()
         scheduler.step()
     assert lrs[95] == 1.0 and lrs[96] == pytest.approx(0.2) and lrs[108] == pytest.approx(0.04)
+    # A one-epoch stage (milestones 0.8 and 0.9 round to 0) trains at its base rate, not decayed before it starts.
+    short = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    multistep_at_fractions(short, epochs=1)
+    assert short.param_groups[0]["lr"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ model + configs
@@ -365,6 +369,31 @@ def test_interrupted_between_stages_resumes_in_stage2_and_stage1_is_reusable(mvt
     assert reused["metrics"]["stage1/image_auroc"] == pytest.approx(summary["metrics"]["stage1/image_auroc"])
     reused_state = _amplifier_state(Path(reused_cfg.run_dir) / "checkpoints/last.ckpt")
     assert all(torch.equal(reused_state[k], stage1[k]) for k in stage1)
+
+
+@pytest.mark.parametrize("warmup", ["rd", "none"])
+def test_student_warmup_steps_the_student_during_stage1_only_when_asked(
+    warmup: str, mvtec_root: Path, tmp_path: Path
+) -> None:
+    interrupt = ["+callbacks.interrupt_at._target_=helpers.InterruptAt", "+callbacks.interrupt_at.epoch=1"]
+    overrides = [*_mvtec(mvtec_root), "trainer.max_epochs=2", f"method.student_warmup={warmup}", *interrupt]
+    cfg = compose_config(overrides, tmp_path)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # stopped at the start of stage II: what stage I did is in last.ckpt
+            run(cfg, quiet=True)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    state = torch.load(Path(cfg.run_dir) / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    stage1_steps = state["optimizer_states"][0]["state"]
+    student_steps = state["optimizer_states"][1]["state"]
+    assert stage1_steps, "stage I took no step"
+    if warmup == "none":  # the released schedule: the student is untouched until stage II
+        assert not student_steps
+    else:  # one student step per stage-I iteration, at stage II's initial learning rate
+        steps = {float(s["step"]) for s in student_steps.values()}
+        assert steps == {float(s["step"]) for s in stage1_steps.values()}
+        assert state["optimizer_states"][1]["param_groups"][0]["lr"] == pytest.approx(0.005)
 
 
 def test_comparison_reports_stage1_view_and_best_on_test_picks_a_stage2_epoch(mvtec_root: Path, tmp_path: Path):

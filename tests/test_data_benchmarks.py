@@ -52,7 +52,11 @@ def _check_mask_pixels(module: AnomalyDataModule, manifest: Manifest) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(DATA_MODULES) == {"mvtec", "visa", "mvtec3d", "folder", "synthetic"}
+    assert set(DATA_MODULES) == {
+        *("mvtec", "visa", "mvtec3d", "folder", "synthetic"),
+        *("btad", "mpdd", "mtd", "ksdd2"),
+        *("mvtec_loco", "mvtec_ad2", "realiad"),
+    }
     assert all(cls.name == name for name, cls in DATA_MODULES.items())
 
 

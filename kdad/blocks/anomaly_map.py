@@ -3,8 +3,11 @@
 The RD family (RD, RD++, AAND, RD with Expert) uses 1 - cos over channels per scale, bilinear upsampling
 with align_corners=True, a sum over scales, scipy's ``gaussian_filter(sigma=4)`` and the max as image score.
 STFPM multiplies the scales. STFPM's 0.5*||t/|t| - s/|s|||^2 equals 1 - cos exactly, so one distance serves
-both. The blur runs on the device as a separable convolution with scipy's boundary rule ('reflect', which
-repeats the edge pixel) and radius round(truncate * sigma), so it matches scipy to float precision.
+both by default; ``distance='normalised_l2'`` computes STFPM's released ||t/|t| - s/|s|||^2 (= 2 - 2cos) and
+``fuse_at='finest'`` its released order (level maps fused at the finest level's resolution, the product then
+resized to the input), for numerical parity with its code. The blur runs on the device as a separable
+convolution with scipy's boundary rule ('reflect', which repeats the edge pixel) and radius
+round(truncate * sigma), so it matches scipy to float precision.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from kdad.errors import check_choice
 
 SCALE_FUSIONS = ("sum", "product")
 IMAGE_SCORES = ("max", "mean_topk")
+MAP_DISTANCES = ("cosine", "normalised_l2")
+FUSION_RESOLUTIONS = ("input", "finest")
 
 
 def cosine_distance(teacher: Tensor, student: Tensor, eps: float = 1e-8) -> Tensor:
@@ -34,6 +39,24 @@ def cosine_distance(teacher: Tensor, student: Tensor, eps: float = 1e-8) -> Tens
     norm_t = teacher.square().sum(1, keepdim=True).sqrt().clamp_min(eps)
     norm_s = student.square().sum(1, keepdim=True).sqrt().clamp_min(eps)
     return 1.0 - dot / (norm_t * norm_s)
+
+
+def normalised_l2_distance(teacher: Tensor, student: Tensor) -> Tensor:
+    """||t/|t| - s/|s|||^2 over channels per position: [B,C,H,W] x2 -> [B,1,H,W] float32; STFPM's released map.
+
+    Written as the released code writes it (``F.normalize``, difference, squared channel sum) rather than as
+    2 * (1 - cos): equal in exact arithmetic, and this form keeps its precision where the features nearly agree.
+    """
+    diff = F.normalize(teacher.float(), dim=1) - F.normalize(student.float(), dim=1)
+    return diff.square().sum(1, keepdim=True)
+
+
+MAP_DISTANCE_FUNCTIONS = {"cosine": cosine_distance, "normalised_l2": normalised_l2_distance}
+
+
+def finest_size(maps: Sequence[Tensor]) -> tuple[int, int]:
+    """The spatial size of the largest of the [B,1,h,w] level maps (the shallowest level)."""
+    return max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
 
 
 def fuse_scales(maps: Sequence[Tensor], size: tuple[int, int], mode: str = "sum", align_corners: bool = True) -> Tensor:
@@ -138,9 +161,13 @@ class GaussianBlur(nn.Module):
 
 
 class AnomalyMapHead(nn.Module):
-    """Per-scale 1 - cos maps -> fused full-resolution map -> blur -> (score, map).
+    """Per-scale discrepancy maps -> fused full-resolution map -> blur -> (score, map).
 
-    ``score`` is 'max' (every reference repo) or 'mean_topk' with ``topk_ratio`` of the pixels.
+    ``distance`` per scale: 'cosine' (1 - cos over channels; every method's default) or 'normalised_l2'
+    (||t/|t| - s/|s|||^2 = 2 - 2cos, STFPM's released form). ``fuse_at``: 'input' (every level map upsampled to
+    the input size, then fused; the default) or 'finest' (level maps upsampled to the finest level's size and
+    fused there, the fused map then upsampled to the input size: STFPM's released order, its product at 64x64
+    resized to 256). ``score`` is 'max' (every reference repo) or 'mean_topk' with ``topk_ratio`` of the pixels.
     """
 
     def __init__(
@@ -150,22 +177,34 @@ class AnomalyMapHead(nn.Module):
         align_corners: bool = True,
         score: str = "max",
         topk_ratio: float = 0.01,
+        distance: str = "cosine",
+        fuse_at: str = "input",
     ) -> None:
         super().__init__()
         self.fusion = check_choice(fusion, SCALE_FUSIONS, "scale fusion")
         self.score = check_choice(score, IMAGE_SCORES, "image score")
+        self.distance = check_choice(distance, MAP_DISTANCES, "map distance")
+        self.fuse_at = check_choice(fuse_at, FUSION_RESOLUTIONS, "fusion resolution")
         self.align_corners = align_corners
         self.topk_ratio = topk_ratio
         self.blur = GaussianBlur(sigma)
 
     def scale_maps(self, teacher: Sequence[Tensor], student: Sequence[Tensor]) -> list[Tensor]:
-        return [cosine_distance(t, s) for t, s in zip(teacher, student, strict=True)]
+        """One [B,1,h,w] ``distance`` map per level, at the level's own resolution."""
+        measure = MAP_DISTANCE_FUNCTIONS[self.distance]
+        return [measure(t, s) for t, s in zip(teacher, student, strict=True)]
+
+    def fuse(self, maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        """Level maps -> one [B,1,*size] map by ``fusion``, fused at the resolution ``fuse_at`` says."""
+        if self.fuse_at == "input":
+            return fuse_scales(maps, size, self.fusion, self.align_corners)
+        fused = fuse_scales(maps, finest_size(maps), self.fusion, self.align_corners)
+        return F.interpolate(fused, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def forward(
         self, teacher: Sequence[Tensor], student: Sequence[Tensor], size: tuple[int, int]
     ) -> tuple[Tensor, Tensor]:
-        fused = fuse_scales(self.scale_maps(teacher, student), size, self.fusion, self.align_corners)
-        return self.finalise(fused)
+        return self.finalise(self.fuse(self.scale_maps(teacher, student), size))
 
     def finalise(self, fused: Tensor) -> tuple[Tensor, Tensor]:
         """Blur a fused [B,1,H,W] map and reduce it to image scores; returns (scores [B], maps [B,H,W])."""

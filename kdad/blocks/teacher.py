@@ -15,6 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from kdad.blocks.weights import load_weights, resolve_weights
+from kdad.errors import ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
 IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
@@ -82,16 +83,32 @@ class Teacher(nn.Module):
         return f"backbone={self.backbone_name}, weights={self.weights}, channels={self.channels}, frozen={self.frozen}"
 
 
-def encoder_student(teacher: Teacher) -> nn.Module:
+def encoder_student(teacher: Teacher, zero_init_last: bool | None = None) -> nn.Module:
     """A randomly initialised copy of the teacher's timm architecture with the same feature taps.
 
     STFPM's student (its paper and code: the teacher's ResNet18 with random weights, fed the image) and DSKD's
     encoder student Se. Built by one ``timm.create_model`` call without pretrained weights, so a seeded run draws
     the same initial weights whichever method builds it.
+
+    ``zero_init_last`` (timm's ResNet-family option; None: the architecture's timm default) says whether each
+    residual block starts with its last BatchNorm weight at zero (timm's ResNet default: every block starts as the
+    identity) or at one. For ResNets, ``False`` is torchvision's initialisation: under the same torch seed the
+    student is bit-identical to ``torchvision.models.resnet18()``'s layers 1-3, which is STFPM's released student.
+    Architectures without the option (EfficientNet) reject a bool with a ConfigError.
     """
-    return timm.create_model(
-        teacher.backbone_name,
-        pretrained=False,
-        features_only=True,
-        out_indices=tuple(teacher.body.feature_info.out_indices),
-    )
+    options = {} if zero_init_last is None else {"zero_init_last": bool(zero_init_last)}
+    try:
+        return timm.create_model(
+            teacher.backbone_name,
+            pretrained=False,
+            features_only=True,
+            out_indices=tuple(teacher.body.feature_info.out_indices),
+            **options,
+        )
+    except TypeError as error:
+        if not options or "zero_init_last" not in str(error):
+            raise
+        raise ConfigError(
+            f"zero_init_last={zero_init_last} is a timm ResNet-family option; backbone '{teacher.backbone_name}' "
+            "has no such option (leave it null)"
+        ) from error

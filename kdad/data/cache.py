@@ -28,6 +28,9 @@ from kdad.data.errors import DatasetError
 # Bump when the decoding or the on-disk format changes, so stale entries are never read.
 CACHE_FORMAT_VERSION = 1
 
+#: What one cache entry is decoded from: a file, or several files decoded into one array.
+CachedFiles = Path | tuple[Path, ...]
+
 
 @dataclass
 class CacheStats:
@@ -56,29 +59,27 @@ class DecodeCache:
     def __len__(self) -> int:
         return len(self._memory)
 
-    def key(self, path: Path, variant: str) -> str:
-        """Hex digest identifying the decoded pixels of ``path`` under ``variant``."""
-        try:
-            stat = os.stat(path)
-        except OSError as exc:
-            raise DatasetError(
-                f"cannot read {path}: {exc.strerror}. The file was listed when the dataset was indexed; "
-                "was it moved or deleted since? Restore it or re-run so the dataset is indexed again."
-            ) from exc
-        text = "|".join(
-            [
-                f"v{CACHE_FORMAT_VERSION}",
-                f"pillow{PIL.__version__}",
-                variant,
-                str(Path(path).resolve()),
-                str(stat.st_size),
-                str(stat.st_mtime_ns),
-            ]
-        )
+    def key(self, path: CachedFiles, variant: str) -> str:
+        """Hex digest identifying the decoded pixels of ``path`` under ``variant``.
+
+        ``path`` may be a tuple of files decoded into one array (the mask files of one MVTec LOCO AD image, merged):
+        every file's path, size and mtime then enter the key. A single file's key is the same as ever.
+        """
+        identity = []
+        for file in (path,) if isinstance(path, str | os.PathLike) else path:
+            try:
+                stat = os.stat(file)
+            except OSError as exc:
+                raise DatasetError(
+                    f"cannot read {file}: {exc.strerror}. The file was listed when the dataset was indexed; "
+                    "was it moved or deleted since? Restore it or re-run so the dataset is indexed again."
+                ) from exc
+            identity += [str(Path(file).resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
+        text = "|".join([f"v{CACHE_FORMAT_VERSION}", f"pillow{PIL.__version__}", variant, *identity])
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def get(self, path: Path, variant: str, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
-        """The cached array for (path, variant), calling ``decode(path)`` only on a miss.
+    def get(self, path: CachedFiles, variant: str, decode: Callable[[CachedFiles], np.ndarray]) -> np.ndarray:
+        """The cached array for (path, variant), calling ``decode(path)`` only on a miss (``path``: see ``key``).
 
         Returned arrays are read-only because they are shared between calls; copy before editing.
         """

@@ -116,6 +116,13 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
     name: ClassVar[str] = ""
     official_categories: ClassVar[tuple[str, ...]] = ()
     has_validation_split: ClassVar[bool] = False  # True where the benchmark ships normal validation images
+    # True where the benchmark is its shipped categories only (BTAD, MPDD, ...): any other name is refused, even with
+    # a folder of that name; False where users put their own categories in the layout (MVTec, VisA).
+    fixed_categories: ClassVar[bool] = False
+    # Groups of defect types the test set is also evaluated on apart, {group: defect types}: each group's metrics
+    # are computed over the normal test images plus that group's anomalous ones (MVTec LOCO AD's logical and
+    # structural anomalies) and reported as "<group>/<metric>" next to the whole test set's. Empty: none.
+    defect_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(
         self,
@@ -195,8 +202,17 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             )
         return self.root
 
+    def check_official_category(self) -> None:
+        """With ``fixed_categories``, raise a DatasetError unless ``self.category`` is one of the official ones."""
+        if self.fixed_categories and self.category not in self.official_categories:
+            raise DatasetError(
+                f"unknown {self.name} category '{self.category}' (data.root {self.data_root}): {self.name} has the "
+                f"categories {', '.join(self.official_categories)}. Set data.category to one of them."
+            )
+
     def check_category(self) -> None:
         """Raise a DatasetError listing the valid categories unless ``self.category`` is one."""
+        self.check_official_category()
         found = self.available_categories(self.data_root)
         # A category folder that exists but is malformed gets the more precise layout error of find_samples.
         if self.category in found or (self.data_root / self.category).is_dir():
@@ -218,6 +234,12 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
 
     def describe_layout(self) -> dict[str, Any]:
         """Benchmark-specific entries for ``describe()`` (e.g. the detected VisA layout)."""
+        return {}
+
+    def test_units(self) -> dict[str, str]:
+        """``{test image path: unit}`` where several test images show one physical item (Real-IAD's five camera
+        views of a sample): image-level metrics are then also computed per unit, a unit scoring the maximum of its
+        images' scores and counting as anomalous when any of its images is. Empty (the default): none."""
         return {}
 
     # ----------------------------------------------------------------------------------- set-up
@@ -475,10 +497,12 @@ def check_mask_sizes(samples: Sequence[Sample]) -> None:
     for sample in samples:
         if sample.mask_path is None:
             continue
-        image_size, mask_size = read_size(sample.image_path), read_size(sample.mask_path)
-        if image_size != mask_size:
-            raise DatasetError(
-                f"mask {sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its image {sample.image_path} "
-                f"is {image_size[0]}x{image_size[1]}. Masks must have the image's size: re-export "
-                "the mask at the image resolution, or check that it belongs to this image."
-            )
+        image_size = read_size(sample.image_path)
+        for mask_path in sample.mask_files:
+            mask_size = read_size(mask_path)
+            if image_size != mask_size:
+                raise DatasetError(
+                    f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {sample.image_path} "
+                    f"is {image_size[0]}x{image_size[1]}. Masks must have the image's size: re-export "
+                    "the mask at the image resolution, or check that it belongs to this image."
+                )

@@ -36,19 +36,32 @@ _MAX_LISTED_FAILURES = 10
 
 @dataclass(frozen=True)
 class Sample:
-    """One image on disk. ``mask_path`` is None for normal images and when no pixel ground truth exists."""
+    """One image on disk. ``mask_path`` is None for normal images and when no pixel ground truth exists.
+
+    ``extra_mask_paths``: further mask files of the same image, merged with ``mask_path`` (union of their pixels);
+    MVTec LOCO AD ships one file per annotated region. Empty for every other benchmark.
+    """
 
     image_path: Path
     mask_path: Path | None
     label: int  # 0 normal, 1 anomalous
     defect_type: str  # "good" for normal images
+    extra_mask_paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         # Finders and users may pass str paths; normalise once so everything downstream sees Path.
         object.__setattr__(self, "image_path", Path(self.image_path))
         if self.mask_path is not None:
             object.__setattr__(self, "mask_path", Path(self.mask_path))
+        object.__setattr__(self, "extra_mask_paths", tuple(Path(p) for p in self.extra_mask_paths))
+        if self.extra_mask_paths and self.mask_path is None:
+            raise ValueError(f"sample {self.image_path}: extra_mask_paths without a mask_path")
         check_choice(self.label, (0, 1), f"label (sample {self.image_path})")
+
+    @property
+    def mask_files(self) -> tuple[Path, ...]:
+        """Every mask file of the image (none, one, or several to merge)."""
+        return () if self.mask_path is None else (self.mask_path, *self.extra_mask_paths)
 
 
 # uint8 value -> normalised float per channel, [3, 256]: one table look-up per pixel instead of four full-image
@@ -127,7 +140,7 @@ class AnomalyDataset(Dataset):
     def _decode_image(self, path: Path) -> np.ndarray:
         return decode_image(path, self.image_size, self.interpolation)
 
-    def _decode_mask(self, path: Path) -> np.ndarray:
+    def _decode_mask(self, path: Path | tuple[Path, ...]) -> np.ndarray:
         return decode_mask(path, self.image_size, self.mask_resize)
 
     def load_image(self, index: int) -> np.ndarray:
@@ -137,11 +150,12 @@ class AnomalyDataset(Dataset):
 
     def load_mask(self, index: int) -> np.ndarray:
         """Resized binary uint8 mask [S, S] in {0, 1}; zeros when the sample has no mask file."""
-        mask_path = self.samples[index].mask_path
-        if mask_path is None:
+        files = self.samples[index].mask_files
+        if not files:
             return np.zeros((self.image_size, self.image_size), dtype=np.uint8)
         variant = f"mask|{self.image_size}|{self.mask_resize}"
-        return self.cache.get(mask_path, variant, self._decode_mask)
+        # One file keeps its plain-path cache key; several are cached as one merged entry keyed by all of them.
+        return self.cache.get(files[0] if len(files) == 1 else files, variant, self._decode_mask)
 
     def load_foreground(self, index: int) -> np.ndarray:
         """Binary uint8 foreground mask [S, S] of the resized image (computed once, then cached)."""

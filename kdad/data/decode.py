@@ -9,7 +9,8 @@ crop. This module adds the data layer's errors (DatasetError) and the mask decod
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import os
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,7 +21,15 @@ from kdad import errors
 from kdad.data.errors import DatasetError
 from kdad.imaging import DECODE_ERRORS, INTERPOLATIONS, ImageReadError, open_rgb, resize_image
 
-__all__ = ["INTERPOLATIONS", "MASK_RESIZE_MODES", "check_choice", "decode_image", "decode_mask", "read_size"]
+__all__ = [
+    "INTERPOLATIONS",
+    "MASK_RESIZE_MODES",
+    "check_choice",
+    "decode_image",
+    "decode_mask",
+    "mask_is_empty",
+    "read_size",
+]
 
 MASK_RESIZE_MODES = ("nearest", "bilinear_threshold")
 
@@ -71,22 +80,45 @@ def _binary_mask(image: Image.Image) -> np.ndarray:
     return values > 0
 
 
-def decode_mask(path: Path, size: int, mode: str) -> np.ndarray:
-    """Binary uint8 mask [size, size] in {0, 1}: binarised at load, then resized with ``mode``.
-
-    "nearest": nearest-neighbour resize of the binary mask.
-    "bilinear_threshold": bilinear resize of the 0/255 mask, then > 0.5 (i.e. >= 128 in uint8), which
-    reproduces the reference code's ``Resize`` + ``ToTensor`` + ``gt > 0.5`` bit for bit.
-    """
-    check_choice(mode, MASK_RESIZE_MODES, "mask_resize")
+def _read_binary_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            binary = _binary_mask(image)
+            return _binary_mask(image)
     except DECODE_ERRORS as exc:
         raise DatasetError(
             f"cannot decode mask {path}: {exc}. The file is corrupt or not an image; re-extract it from the "
             "dataset archive or delete it."
         ) from exc
+
+
+def mask_is_empty(path: Path) -> bool:
+    """True when no pixel of the mask at ``path`` is set (the binarisation of ``decode_mask``, at full size): how
+    benchmarks that label images by their mask (KSDD2) tell normal images from anomalous ones."""
+    return not _read_binary_mask(path).any()
+
+
+def decode_mask(path: Path | Sequence[Path], size: int, mode: str) -> np.ndarray:
+    """Binary uint8 mask [size, size] in {0, 1}: binarised at load, then resized with ``mode``.
+
+    "nearest": nearest-neighbour resize of the binary mask.
+    "bilinear_threshold": bilinear resize of the 0/255 mask, then > 0.5 (i.e. >= 128 in uint8), which
+    reproduces the reference code's ``Resize`` + ``ToTensor`` + ``gt > 0.5`` bit for bit.
+
+    Several files (MVTec LOCO AD ships one per annotated region of an image) are merged at full size, as the union
+    of their binarised pixels, before the one resize: resizing each and merging after would differ at region
+    borders under "bilinear_threshold".
+    """
+    check_choice(mode, MASK_RESIZE_MODES, "mask_resize")
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    binary = _read_binary_mask(paths[0])
+    for other in paths[1:]:
+        region = _read_binary_mask(other)
+        if region.shape != binary.shape:
+            raise DatasetError(
+                f"mask {other} is {region.shape[1]}x{region.shape[0]} but {paths[0]}, a mask of the same image, is "
+                f"{binary.shape[1]}x{binary.shape[0]}. Re-extract both from the dataset archive."
+            )
+        binary |= region
     if mode == "nearest":
         resized = Image.fromarray(binary.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
         return np.asarray(resized, dtype=np.uint8)

@@ -38,10 +38,11 @@ def require_dir(path: Path, what: str, fix: str) -> Path:
     return path
 
 
-def index_by_stem(folder: Path) -> dict[str, Path]:
-    """Map file stem -> image path for the images in ``folder``; two images sharing a stem is an error."""
+def index_by_stem(folder: Path, paths: Iterable[Path] | None = None) -> dict[str, Path]:
+    """Map file stem -> image path for the images in ``folder`` (or for ``paths``, some of them: layouts that keep
+    images and masks side by side index each kind apart); two images sharing a stem is an error."""
     index: dict[str, Path] = {}
-    for path in list_images(folder):
+    for path in list_images(folder) if paths is None else paths:
         if path.stem in index:
             raise DatasetError(
                 f"{index[path.stem]} and {path} share the file stem '{path.stem}', so kdad cannot tell which "
@@ -71,3 +72,24 @@ def find_mask(image: Path, masks: dict[str, Path], mask_folder: Path, suffixes: 
             f"{', '.join(str(c) for c in candidates)}. Keep exactly one mask per image."
         )
     return candidates[0]
+
+
+def check_masks_have_images(
+    masks: dict[str, Path], images: Iterable[Path], image_folder: Path, suffixes: Iterable[str]
+) -> None:
+    """Raise a DatasetError for a mask in ``masks`` (stem index) that no image in ``images`` claims.
+
+    For the shipped benchmarks, whose archives pair every mask with an image: an unclaimed mask means a deleted or
+    renamed image, or images and masks from different extractions, which pairing by stem would otherwise hide.
+    """
+    suffixes = tuple(suffixes)
+    claimed = {image.stem + s for image in images for s in suffixes}
+    orphans = sorted((stem, path) for stem, path in masks.items() if stem not in claimed)
+    if orphans:
+        stem, path = orphans[0]
+        names = " or ".join(f"'{stem.removesuffix(s)}.<ext>'" for s in suffixes if stem.endswith(s))
+        more = f" ({len(orphans) - 1} more such mask(s) there)" if len(orphans) > 1 else ""
+        raise DatasetError(
+            f"mask {path} has no image: expected {names or 'an image of the same stem'} in {image_folder}{more}. "
+            "Restore the image from the dataset archive, or remove the mask."
+        )

@@ -17,7 +17,15 @@ from pathlib import Path
 from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
 from kdad.data.decode import check_choice
-from kdad.data.files import find_mask, index_by_stem, list_images, list_subdirs, require_dir
+from kdad.data.errors import DatasetError
+from kdad.data.files import (
+    check_masks_have_images,
+    find_mask,
+    index_by_stem,
+    list_images,
+    list_subdirs,
+    require_dir,
+)
 
 MVTEC_CATEGORIES = (
     "carpet", "grid", "leather", "tile", "wood",
@@ -31,50 +39,78 @@ NORMAL = "good"
 GROUND_TRUTH = "ground_truth"
 
 
-def mvtec_layout_categories(root: Path) -> list[str]:
-    """Sub-folders of ``root`` that look like MVTec-layout categories (they hold train/good)."""
+def mvtec_layout_categories(root: Path, normal: str = NORMAL) -> list[str]:
+    """Sub-folders of ``root`` that look like MVTec-layout categories (they hold train/good, or train/<normal>)."""
     if not root.is_dir():
         return []
-    return [d.name for d in list_subdirs(root) if (d / "train" / NORMAL).is_dir()]
+    return [d.name for d in list_subdirs(root) if (d / "train" / normal).is_dir()]
 
 
-def find_mvtec_samples(category_dir: Path, split: str, mask_suffixes: Sequence[str] = ("_mask",)) -> list[Sample]:
+def find_mvtec_samples(
+    category_dir: Path,
+    split: str,
+    mask_suffixes: Sequence[str] = ("_mask",),
+    normal: str = NORMAL,
+    masks_required: bool = False,
+    layout: str | None = None,
+) -> list[Sample]:
     """Samples of ``split`` ("train" or "test") of one category in the MVTec layout.
 
     Masks are looked up by image stem + one of ``mask_suffixes`` in ground_truth/<defect>/. Without a
     ground_truth/ folder the category has image-level labels only and its defect images get no mask; a mask
     missing under an existing ground_truth/ is still an error, since that is a broken extraction rather than
     an unannotated data set.
+
+    Args:
+        normal: the name of the normal folders (train/<normal>, test/<normal>): "good" in MVTec, "ok" in BTAD.
+            Normal samples get the defect type "good" whatever the folder's name, as in every benchmark.
+        masks_required: for layouts that only exist as a shipped benchmark whose archive annotates every defect
+            image (BTAD, MPDD): a missing ground_truth/ is an error instead of image-level data, and so is a mask
+            that no test image claims (or a ground_truth/<defect>/ folder without its test/<defect>/).
+        layout: the sentence describing the expected layout in error messages (default: the MVTec one).
     """
-    layout = (
-        f"Expected the MVTec layout: {category_dir}/train/good/*.png, {category_dir}/test/<defect>/*.png and "
+    layout = layout or (
+        f"Expected the MVTec layout: {category_dir}/train/{normal}/*.png, {category_dir}/test/<defect>/*.png and "
         f"{category_dir}/{GROUND_TRUTH}/<defect>/<stem>{mask_suffixes[0]}.png."
     )
     check_choice(split, ("train", "test"), f"MVTec split (in {category_dir})")
     if split == "train":
-        folder = require_dir(category_dir / "train" / NORMAL, "training folder", layout)
+        folder = require_dir(category_dir / "train" / normal, "training folder", layout)
         return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
-    return _find_test_samples(category_dir, mask_suffixes, layout)
+    return _find_test_samples(category_dir, mask_suffixes, layout, normal, masks_required)
 
 
-def _find_test_samples(category_dir: Path, mask_suffixes: Sequence[str], layout: str) -> list[Sample]:
-    """test/good and test/<defect> images, each defect image paired by stem with its mask when masks exist."""
+def _find_test_samples(
+    category_dir: Path, mask_suffixes: Sequence[str], layout: str, normal: str, masks_required: bool
+) -> list[Sample]:
+    """test/<normal> and test/<defect> images, each defect image paired by stem with its mask when masks exist."""
     test_dir = require_dir(category_dir / "test", "test folder", layout)
     ground_truth = category_dir / GROUND_TRUTH
-    annotated = ground_truth.exists()
+    annotated = masks_required or ground_truth.exists()
     if annotated:
         require_dir(ground_truth, "mask folder", layout)
     samples: list[Sample] = []
     for defect_dir in list_subdirs(test_dir):
         images = list_images(defect_dir)
-        if defect_dir.name == NORMAL or not annotated:
-            label = 0 if defect_dir.name == NORMAL else 1
-            samples += [Sample(p, None, label, defect_dir.name) for p in images]
+        if defect_dir.name == normal or not annotated:
+            label = 0 if defect_dir.name == normal else 1
+            samples += [Sample(p, None, label, NORMAL if label == 0 else defect_dir.name) for p in images]
         elif images:
             fix = f"The defect images in {defect_dir} need masks there. {layout}"
             mask_dir = require_dir(ground_truth / defect_dir.name, "mask folder", fix)
             masks = index_by_stem(mask_dir)
+            if masks_required:
+                check_masks_have_images(masks, images, defect_dir, mask_suffixes)
             samples += [Sample(p, find_mask(p, masks, mask_dir, mask_suffixes), 1, defect_dir.name) for p in images]
+    if masks_required:
+        for mask_dir in list_subdirs(ground_truth):
+            images_dir = test_dir / mask_dir.name
+            has_images = images_dir.is_dir() and bool(list_images(images_dir))
+            if mask_dir.name != normal and list_images(mask_dir) and not has_images:
+                raise DatasetError(
+                    f"mask folder {mask_dir} has no test images: expected them in {images_dir}. "
+                    f"Restore them from the dataset archive, or remove the masks. {layout}"
+                )
     if not annotated and any(s.label == 1 for s in samples):
         log.warning(
             "%s: no %s/ folder: image-level metrics only (the defect images have no masks, so pixel metrics "

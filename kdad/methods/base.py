@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD
 from kdad.errors import ConfigError, UserError, check_choice
-from kdad.metrics import AnomalyMetrics
+from kdad.metrics import AnomalyMetrics, max_per_unit
 from kdad.metrics.thresholds import POLICIES as THRESHOLD_POLICIES
 from kdad.metrics.thresholds import NormalScoreCalibrator, Thresholds, manual_threshold
 from kdad.records import OverlaySample, TestRecord
@@ -59,6 +59,8 @@ THRESHOLDED_TABLE_KEYS = (
     "pixel_f1",
     "pixel_iou",
 )
+#: Prefix of the per-unit image metrics (data modules' ``test_units``: Real-IAD's multi-view samples).
+UNIT_PREFIX = "sample"
 
 
 @dataclass
@@ -166,6 +168,7 @@ class AnomalyModule(L.LightningModule):
         self.thresholded_metrics: dict[str, float | int] = {}
         self._calibration: NormalScoreCalibrator | AnomalyMetrics | None = None
         self._calibration_masks_complete = True
+        self._test_units: dict[str, str] = {}
         self._reset_eval_state()
 
     # ---------------------------------------------------------------- optimisation
@@ -216,6 +219,8 @@ class AnomalyModule(L.LightningModule):
     def _reset_eval_state(self) -> None:
         self._metrics = AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
         self._auxiliary_metrics: dict[str, AnomalyMetrics] = {}
+        # The data module's defect groups, {group: (defect types, metrics)}, evaluated apart at test time only.
+        self._group_metrics: dict[str, tuple[frozenset[str], AnomalyMetrics]] = {}
         self._all_anomalies_have_masks = True
         self._seen = 0
         self._overlay_indices: set[int] = set()
@@ -224,6 +229,15 @@ class AnomalyModule(L.LightningModule):
         self._reset_eval_state()
         self.test_records = []
         self.overlay_samples = []
+        # What the benchmark asks to evaluate besides the whole test set (kdad.data.AnomalyDataModule): groups of
+        # defect types with the normal images (MVTec LOCO AD), and units of several images (Real-IAD's samples).
+        datamodule = getattr(self.trainer, "datamodule", None)
+        groups = getattr(datamodule, "defect_groups", None) or {}
+        self._group_metrics = {
+            name: (frozenset(types), AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit))
+            for name, types in groups.items()
+        }
+        self._test_units = dict(datamodule.test_units()) if hasattr(datamodule, "test_units") else {}
         loaders = self.trainer.test_dataloaders
         loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
         total = len(loader.dataset) if loader is not None else 0
@@ -246,6 +260,10 @@ class AnomalyModule(L.LightningModule):
             if name not in self._auxiliary_metrics:
                 self._auxiliary_metrics[name] = AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
             self._auxiliary_metrics[name].update(aux_score.float(), labels, aux_map.float(), masks)
+        for types, accumulator in self._group_metrics.values():
+            members = group_members(labels, batch["defect_type"], types)
+            if members.numel():
+                accumulator.update(scores[members], labels[members], maps[members], masks[members])
         if keep_samples:
             self._keep_samples(batch, scores, maps, masks, has_mask)
         self._seen += labels.shape[0]
@@ -273,6 +291,10 @@ class AnomalyModule(L.LightningModule):
         metrics = dict(self._metrics.compute())
         for name, accumulator in self._auxiliary_metrics.items():
             metrics.update({f"{name}/{k}": v for k, v in accumulator.compute().items()})
+        for name, (_, accumulator) in self._group_metrics.items():
+            metrics.update({f"{name}/{k}": v for k, v in accumulator.compute().items()})
+        if self._test_units and self.test_records:
+            metrics.update(unit_metrics(self.test_records, self._test_units))
         return metrics
 
     def on_test_epoch_end(self) -> None:
@@ -436,6 +458,24 @@ class AnomalyModule(L.LightningModule):
 def ground_truth(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
     """A batch's image labels [B] (long), binary masks [B,H,W] (bool) and which images have a mask [B] (bool)."""
     return batch["label"].long(), batch["mask"][:, 0] > 0.5, batch["has_mask"].bool()
+
+
+def group_members(labels: Tensor, defect_types: Iterable[str], types: frozenset[str]) -> Tensor:
+    """Indices of a batch's images in a defect group: every normal image, and the anomalous ones of ``types``."""
+    keep = [i for i, defect in enumerate(defect_types) if int(labels[i]) == 0 or defect in types]
+    return torch.tensor(keep, dtype=torch.long, device=labels.device)
+
+
+def unit_metrics(records: Iterable[TestRecord], units: dict[str, str]) -> dict[str, float]:
+    """Image metrics per unit (``sample/<metric>``): a unit scores the maximum of its images' scores and is anomalous
+    when any of its images is (:func:`kdad.metrics.max_per_unit`); an image without a unit is a unit of its own."""
+    records = list(records)
+    scores, labels = max_per_unit(
+        [r.score for r in records], [r.label for r in records], [units.get(r.image_path, r.image_path) for r in records]
+    )
+    accumulator = AnomalyMetrics(pixel=False)
+    accumulator.update(scores, labels)
+    return {f"{UNIT_PREFIX}/{k}": v for k, v in accumulator.compute().items()}
 
 
 def anomalies_have_masks(labels: Tensor, has_mask: Tensor) -> bool:

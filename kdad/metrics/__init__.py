@@ -1,6 +1,7 @@
 """Anomaly-detection metrics on raw, unbounded scores (numpy/torch/scipy only, no Lightning).
 
-Image level (exact): :func:`image_auroc`, :func:`average_precision`, :func:`f1_max`.
+Image level (exact): :func:`image_auroc`, :func:`average_precision`, :func:`f1_max`; :func:`max_per_unit` turns
+per-image scores into per-item ones where several images show one item.
 Pixel level (streaming, fixed memory): :class:`PixelMetricAccumulator` with the MVTec AD AUPRO and the
 RD4AD per-image AUPRO (:func:`per_image_aupro`, :class:`PerImageAuproAccumulator`).
 Everything at once: :class:`AnomalyMetrics`.
@@ -16,7 +17,7 @@ from kdad.metrics.anomaly_metrics import (
 )
 from kdad.metrics.components import Components, label_components
 from kdad.metrics.histogram import GrowingHistogram
-from kdad.metrics.image import average_precision, f1_max, image_auroc
+from kdad.metrics.image import average_precision, f1_max, image_auroc, max_per_unit
 from kdad.metrics.per_image_pro import PerImageAuproAccumulator, per_image_aupro
 from kdad.metrics.pixel import PixelMetricAccumulator
 from kdad.metrics.thresholds import (
@@ -59,6 +60,7 @@ __all__ = [
     "is_anomalous",
     "label_components",
     "manual_threshold",
+    "max_per_unit",
     "normal_quantile_threshold",
     "per_image_aupro",
     "pixel_f1_threshold",

@@ -7,6 +7,8 @@ none of these metrics is meaningful then.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import numpy as np
 
 from kdad.metrics._convert import ArrayOrTensor, as_vector
@@ -49,3 +51,24 @@ def f1_max(scores: ArrayOrTensor, labels: ArrayOrTensor) -> float:
     Returns nan when either class is missing.
     """
     return f1_max_from_counts(*counts_per_distinct_score(scores, labels))
+
+
+def max_per_unit(
+    scores: ArrayOrTensor, labels: ArrayOrTensor, units: Sequence[Hashable]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image scores and labels -> one (score, label) per unit, both the maximum over the unit's images.
+
+    A unit is the physical item several images show (e.g. Real-IAD's five camera views of one sample): the item
+    scores as its most anomalous view and is anomalous when any view is. Units come out in order of first appearance.
+    """
+    s = as_vector(scores, "scores", binary=False)
+    y = as_vector(labels, "labels", binary=True)
+    if not s.shape == y.shape == (len(units),):
+        raise ValueError(f"scores {s.shape}, labels {y.shape} and {len(units)} units differ in length")
+    index: dict[Hashable, int] = {}
+    ids = np.array([index.setdefault(unit, len(index)) for unit in units], dtype=np.int64)
+    unit_scores = np.full(len(index), -np.inf)
+    np.maximum.at(unit_scores, ids, s.astype(np.float64))
+    unit_labels = np.zeros(len(index), dtype=bool)
+    np.logical_or.at(unit_labels, ids, y)
+    return unit_scores, unit_labels

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kdad.errors import check_choice
+from kdad.metrics.paired import PairedComparison, format_comparison, paired_comparison
 from kdad.runner.results import METRIC_LABELS
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
@@ -212,10 +213,71 @@ def markdown(
     return "\n".join(parts).strip() + "\n"
 
 
-def write_outputs(results: Sequence[RunResult], out: Path, metrics: Sequence[str], title: str) -> None:
-    """Markdown tables, one CSV row per run and the runs as JSON (``kdad.runner.compare``'s outputs)."""
+def paired_against(
+    results: Sequence[RunResult], metrics: Sequence[str], baseline: str
+) -> dict[str, dict[str, PairedComparison]]:
+    """``{metric: {column: A − baseline}}`` over the (benchmark, category, seed) runs both columns finished
+    (:func:`kdad.metrics.paired.paired_comparison`: paired bootstrap interval, Wilcoxon signed-rank p-value)."""
+    runs = {(r.column, benchmark_of(r), r.category, r.seed): r for r in results}
+    columns = [c for c in dict.fromkeys(r.column for r in results) if c != baseline]
+    if baseline not in {r.column for r in results}:
+        raise ValueError(f"baseline {baseline!r} is not among the compared columns {columns}")
+    out: dict[str, dict[str, PairedComparison]] = {}
+    for metric in metrics:
+        out[metric] = {}
+        for column in columns:
+            keys = sorted(k[1:] for k in runs if k[0] == column and (baseline, *k[1:]) in runs)
+            if not keys:
+                continue
+            values = [runs[(column, *k)].metrics.get(metric, math.nan) for k in keys]
+            reference = [runs[(baseline, *k)].metrics.get(metric, math.nan) for k in keys]
+            if all(math.isnan(v) for v in values) or all(math.isnan(v) for v in reference):
+                continue
+            out[metric][column] = paired_comparison(values, reference)
+    return out
+
+
+def paired_markdown(comparisons: Mapping[str, Mapping[str, PairedComparison]], baseline: str) -> str:
+    """One table: a row per column, a cell per metric with the mean difference to ``baseline`` (points), its 95 %
+    paired bootstrap interval, the signed-rank p-value and wins/ties/losses."""
+    metrics = [m for m, row in comparisons.items() if row]
+    if not metrics:
+        return ""
+    columns = list(dict.fromkeys(c for m in metrics for c in comparisons[m]))
+    header = ["vs " + baseline, *(METRIC_LABELS.get(m, m) for m in metrics)]
+    rows = [
+        [column, *(format_comparison(comparisons[m][column]) if column in comparisons[m] else "n/a" for m in metrics)]
+        for column in columns
+    ]
+    notes = sorted({c.note for row in comparisons.values() for c in row.values() if c.note})
+    n = sorted({c.n for row in comparisons.values() for c in row.values()})
+    lines = [
+        f"### Paired against {baseline}",
+        "",
+        f"Mean difference in points over the (category, seed) pairs both ran (n = {', '.join(map(str, n))}), "
+        "[95 % paired bootstrap interval], two-sided Wilcoxon signed-rank p-value, wins/ties/losses. An interval "
+        "that excludes 0 is a measured difference; one that contains 0 is not.",
+        "",
+        *markdown_table(header, rows),
+        "",
+        *(f"Note: {note}." for note in notes),
+    ]
+    return "\n".join(lines).strip() + "\n"
+
+
+def write_outputs(
+    results: Sequence[RunResult], out: Path, metrics: Sequence[str], title: str, baseline: str | None = None
+) -> None:
+    """Markdown tables (and, with ``baseline``, the paired comparison against it), one CSV row per run and the
+    runs as JSON (``kdad.runner.compare``'s outputs; the paired comparison also as ``<out>.paired.json``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(markdown(results, metrics, title))
+    text = markdown(results, metrics, title)
+    if baseline is not None:
+        comparisons = paired_against(results, metrics, baseline)
+        text += "\n" + paired_markdown(comparisons, baseline)
+        record = {m: {c: v.as_dict() for c, v in row.items()} for m, row in comparisons.items()}
+        out.with_suffix(".paired.json").write_text(json.dumps({"baseline": baseline, **record}, indent=1))
+    out.with_suffix(".md").write_text(text)
     with out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["column", "category", "seed", *metrics])

@@ -35,41 +35,62 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdad.errors import check_choice
+
 MASK_THRESHOLD = 0.3
 
 
 def sinusoidal_position_encoding(channels: int, height: int, width: int) -> Tensor:
     """Fixed 2-D sinusoidal positional encoding [C, H, W] with values in [-1, 1] (Transformer encoding per axis).
 
-    With ``n = C // 4`` frequencies ``w_i = 10000^(-i / n)``, channels ``2i`` and ``2i + 1`` of the first half
+    With ``n = C // 4`` frequencies ``w_i = 10000^(-2i / (2n))``, channels ``2i`` and ``2i + 1`` of the first half
     hold ``sin(w_i x)`` and ``cos(w_i x)`` of the column ``x``, and the same channels of the second half those of
-    the row ``y`` (the layout of AAND's encoding). Channels beyond ``4n`` (C not divisible by 4) are zero.
+    the row ``y`` (the layout of AAND's ``positionalencoding2d``). Computed in float32 in the released code's order
+    of operations, so the encoding is bit-identical to it (a float64 evaluation differs by up to 3e-6 at 64
+    positions, which the parity test would see). Channels beyond ``4n`` (C not divisible by 4) are zero.
     """
     pairs = channels // 4
     encoding = torch.zeros(channels, height, width)
     if pairs == 0:
         return encoding
-    frequencies = torch.exp(-math.log(10000.0) * torch.arange(pairs, dtype=torch.float64) / pairs)
-
-    def axis_code(length: int) -> Tensor:  # [2 * pairs, length]: sin/cos interleaved per frequency
-        angles = torch.arange(length, dtype=torch.float64)[:, None] * frequencies
-        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).T.float()
-
     half = 2 * pairs
-    encoding[:half] = axis_code(width)[:, None, :].expand(-1, height, width)
-    encoding[half : 2 * half] = axis_code(height)[:, :, None].expand(-1, height, width)
+    frequencies = torch.exp(torch.arange(0.0, half, 2) * -(math.log(1e4) / half))  # [pairs], float32
+
+    def angles(length: int) -> Tensor:  # [pairs, length]
+        return (torch.arange(0.0, length).unsqueeze(1) * frequencies).T
+
+    columns, rows = angles(width)[:, None, :], angles(height)[:, :, None]
+    encoding[0:half:2] = columns.sin().expand(-1, height, width)
+    encoding[1:half:2] = columns.cos().expand(-1, height, width)
+    encoding[half : 2 * half : 2] = rows.sin().expand(-1, height, width)
+    encoding[half + 1 : 2 * half : 2] = rows.cos().expand(-1, height, width)
     return encoding
 
 
-def pointwise_mlp(channels: int, hidden: int) -> nn.Sequential:
-    """Three 1x1 convolutions C -> hidden -> hidden -> C with ReLU between them (RAA's MLP_q and MLP_g)."""
-    return nn.Sequential(
+RAA_INITS = ("kaiming", "pytorch")
+
+
+def pointwise_mlp(channels: int, hidden: int, init: str = "kaiming") -> nn.Sequential:
+    """Three 1x1 convolutions C -> hidden -> hidden -> C with ReLU between them (RAA's MLP_q and MLP_g).
+
+    ``init``: 'kaiming' (the released code: the RAA modules are created inside the ResNet constructor, before its
+    ``kaiming_normal_(mode='fan_out', nonlinearity='relu')`` loop over every ``nn.Conv2d``, so their weights are
+    He-normal with std sqrt(2 / out_channels); biases keep PyTorch's default) or 'pytorch' (PyTorch's default conv
+    init for weights and biases, what kdad used before; it starts the MLPs ~6-13x smaller per weight).
+    """
+    check_choice(init, RAA_INITS, "RAA init")
+    mlp = nn.Sequential(
         nn.Conv2d(channels, hidden, 1),
         nn.ReLU(inplace=True),
         nn.Conv2d(hidden, hidden, 1),
         nn.ReLU(inplace=True),
         nn.Conv2d(hidden, channels, 1),
     )
+    if init == "kaiming":
+        for m in mlp.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return mlp
 
 
 def level_mask(mask: Tensor, size: Sequence[int], threshold: float = MASK_THRESHOLD) -> Tensor:
@@ -80,12 +101,15 @@ def level_mask(mask: Tensor, size: Sequence[int], threshold: float = MASK_THRESH
 @dataclass
 class Amplified:
     """One level's RAA output: amplified features [B,C,H,W], predicted gate [B,1,H,W] in [0, 1], factors
-    [B,C,H,W] in [-1, 1], and the gate actually applied (the forced mask or the predicted gate)."""
+    [B,C,H,W] in [-1, 1], the gate actually applied (the forced mask or the predicted gate) and the residual
+    ``applied_gate * factors * f`` [B,C,H,W] that was added (``features = f + residual``; the released RAR_single
+    returns this residual)."""
 
     features: Tensor
     gate: Tensor
     factors: Tensor
     applied_gate: Tensor
+    residual: Tensor
 
 
 class ResidualAnomalyAmplification(nn.Module):
@@ -96,6 +120,8 @@ class ResidualAnomalyAmplification(nn.Module):
         normal_prototypes, abnormal_prototypes: number of learnable keys of each kind (AAND: 50 + 50).
         temperature: softmax temperature tau of the cosine matching (AAND: 0.2).
         hidden: MLP width; default min(2C, 1024) as AAND.
+        init: initialisation of the MLP convs, 'kaiming' (released) or 'pytorch' (see :func:`pointwise_mlp`).
+            The prototypes are standard normal either way (as released: the ResNet loop touches convs only).
     """
 
     def __init__(
@@ -105,6 +131,7 @@ class ResidualAnomalyAmplification(nn.Module):
         abnormal_prototypes: int = 50,
         temperature: float = 0.2,
         hidden: int | None = None,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         if normal_prototypes < 1 or abnormal_prototypes < 1:
@@ -115,8 +142,8 @@ class ResidualAnomalyAmplification(nn.Module):
         self.channels = channels
         self.normal_prototypes = normal_prototypes
         self.temperature = float(temperature)
-        self.query = pointwise_mlp(channels, hidden)
-        self.generator = pointwise_mlp(channels, hidden)
+        self.query = pointwise_mlp(channels, hidden, init)
+        self.generator = pointwise_mlp(channels, hidden, init)
         self.prototypes = nn.Parameter(torch.randn(normal_prototypes + abnormal_prototypes, channels))
         self._encodings: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
 
@@ -128,23 +155,39 @@ class ResidualAnomalyAmplification(nn.Module):
         return self._encodings[key]
 
     def gate(self, features: Tensor) -> Tensor:
-        """Predicted gate [B,1,H,W]: softmax attention mass on the abnormal prototypes."""
-        height, width = features.shape[-2:]
-        query = F.normalize(self.query(features + self.position_encoding(height, width, features)), dim=1)
-        keys = F.normalize(self.prototypes, dim=1).to(query.dtype)
-        attention = torch.einsum("bchw,pc->bphw", query, keys).div(self.temperature).softmax(dim=1)
-        return attention[:, self.normal_prototypes :].sum(1, keepdim=True)
+        """Predicted gate [B,1,H,W]: softmax attention mass on the abnormal prototypes.
+
+        Computed in the released code's layout and order of operations: queries as [B, H*W, C] patches against
+        the keys expanded to [B, M, C], dot products first and then divided by the two norms (no epsilon), the
+        softmax over the last axis. The result is then bit-identical to it on the same machine, which stage II
+        needs: its train-mode OCBE and decoder amplify a 1-ulp difference of their input ~7000-fold (measured on
+        the parity weights: 6e-8 relative noise on the targets moves the level-1 student output by 4e-4 of its
+        RMS), so a gate equal only to float precision would fail the parity test of every stage-II number.
+        """
+        batch, channels, height, width = features.shape
+        query = self.query(features + self.position_encoding(height, width, features))
+        query = query.reshape(batch, channels, height * width).permute(0, 2, 1)  # [B, N, C]
+        keys = self.prototypes.to(query.dtype).unsqueeze(0).expand(batch, -1, -1)  # [B, M, C]
+        dot = torch.einsum("bnc,bmc->bnm", query, keys)
+        norms = query.square().sum(-1).sqrt().unsqueeze(-1) * keys.square().sum(-1).sqrt().unsqueeze(1)
+        attention = (dot / norms / self.temperature).softmax(dim=-1)
+        gate = attention[:, :, self.normal_prototypes :].sum(-1, keepdim=True)  # [B, N, 1]
+        return gate.permute(0, 2, 1).reshape(batch, 1, height, width)
 
     def factors(self, features: Tensor) -> Tensor:
         """Attribute-scaling factors [B,C,H,W] in [-1, 1]."""
         return torch.tanh(self.generator(features))
 
     def forward(self, features: Tensor, forced_gate: Tensor | None = None) -> Amplified:
-        """Amplify one level; a ``forced_gate`` [B,1,H,W] (teacher forcing) replaces the predicted gate in ``g * v``."""
+        """Amplify one level; a ``forced_gate`` [B,1,H,W] (teacher forcing) replaces the predicted gate in ``g * v``.
+
+        ``f + g * (v * f)`` in this order, as released, for bit-identical outputs (see :meth:`gate`).
+        """
         gate = self.gate(features)
         factors = self.factors(features)
         applied = gate if forced_gate is None else forced_gate.to(features.dtype)
-        return Amplified(features + applied * factors * features, gate, factors, applied)
+        residual = applied * (factors * features)
+        return Amplified(features + residual, gate, factors, applied, residual)
 
 
 class ResidualAnomalyAmplifier(nn.Module):
@@ -161,11 +204,13 @@ class ResidualAnomalyAmplifier(nn.Module):
         abnormal_prototypes: int = 50,
         temperature: float = 0.2,
         mask_threshold: float = MASK_THRESHOLD,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.mask_threshold = float(mask_threshold)
         self.levels = nn.ModuleList(
-            ResidualAnomalyAmplification(c, normal_prototypes, abnormal_prototypes, temperature) for c in channels
+            ResidualAnomalyAmplification(c, normal_prototypes, abnormal_prototypes, temperature, init=init)
+            for c in channels
         )
 
     def forward(self, features: Sequence[Tensor], mask: Tensor | None = None) -> list[Amplified]:

@@ -22,13 +22,20 @@ from torch import Tensor
 from kdad.blocks.losses import global_cosine_loss
 
 
-def binary_focal_loss(probability: Tensor, target: Tensor, alpha: float = 0.8, gamma: float = 2.0) -> Tensor:
+def binary_focal_loss(
+    probability: Tensor, target: Tensor, alpha: float = 0.8, gamma: float = 2.0, eps: float | None = 1e-6
+) -> Tensor:
     """Mean binary focal loss of probabilities in [0, 1] against {0, 1} targets (same shape).
 
-    ``-alpha (1-p)^gamma log p`` on positives, ``-(1-alpha) p^gamma log(1-p)`` on negatives. Probabilities are
-    clamped to [1e-6, 1 - 1e-6] so a saturated gate gives a finite loss.
+    ``-alpha (1-p)^gamma log p`` on positives, ``-(1-alpha) p^gamma log(1-p)`` on negatives (the released
+    ``BCEFocalLoss``, applied to the gate probability, no sigmoid). kdad clamps the probabilities to
+    ``[eps, 1 - eps]`` so a saturated gate gives a finite loss; the released code takes the log of the raw
+    probability (``eps=None`` or 0). With AAND's tau = 0.2 and 50 + 50 prototypes the gate cannot leave
+    [4.5e-5, 1 - 4.5e-5] (logits are cosines / 0.2, within [-5, 5]), so the default clamp never acts there.
     """
-    p = probability.float().clamp(1e-6, 1.0 - 1e-6)  # float32: 1 - 1e-6 is 1.0 in bfloat16
+    p = probability.float()  # float32: 1 - 1e-6 is 1.0 in bfloat16
+    if eps:
+        p = p.clamp(eps, 1.0 - eps)
     target = target.float()
     positive = -alpha * (1.0 - p).pow(gamma) * torch.log(p) * target
     negative = -(1.0 - alpha) * p.pow(gamma) * torch.log(1.0 - p) * (1.0 - target)

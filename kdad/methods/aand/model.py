@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.losses import DISTANCES, distillation_loss
 from kdad.blocks.teacher import Teacher
 from kdad.errors import ConfigError, check_choice
-from kdad.methods.aand.amplification import ResidualAnomalyAmplifier, level_mask
+from kdad.methods.aand.amplification import Amplified, ResidualAnomalyAmplifier, level_mask
 from kdad.methods.aand.losses import amplification_loss, binary_focal_loss, hard_knowledge_distillation_loss
 from kdad.methods.base import AnomalyModel, AnomalyOutput
 
@@ -55,13 +56,30 @@ AMPLIFIER_PREFIX = "model.amplifier."
 STAGE_GROUPS = {1: "amplifier", 2: "student"}
 
 
+@dataclass
+class StageOneTerms:
+    """Stage I of one batch: raw teacher features, each level's RAA output (teacher-forced), the per-level focal and
+    amplification losses, and the released code's gate precision / recall (means over the levels)."""
+
+    raw: list[Tensor]
+    levels: list[Amplified]
+    focal: list[Tensor]
+    amplification: list[Tensor]
+    precision: Tensor
+    recall: Tensor
+
+
 class AnomalyAmplificationDistillation(AnomalyModel):
     """AAND's networks and losses: frozen teacher + RAA (stage I), OCBE + mirrored decoder (stage II).
 
     Args:
         teacher: frozen feature extractor (three taps).
         normal_prototypes, abnormal_prototypes, temperature, mask_threshold: RAA settings (AAND: 50, 50, 0.2, 0.3).
+        raa_init: initialisation of the RAA MLP convs: 'kaiming' (released: He-normal fan_out, the ResNet
+            constructor's loop reaches the RAA modules) or 'pytorch' (PyTorch's default conv init).
         focal_alpha, focal_gamma: focal loss on the gate (AAND: 0.8, 2).
+        focal_eps: clamp of the gate in the focal loss to [eps, 1 - eps] (kdad: 1e-6; released: none, ``None``/0;
+            a no-op at tau 0.2 with 50 + 50 prototypes, see ``binary_focal_loss``).
         amplification_weight, margin, max_normal, max_anomalous: amplification loss (AAND: 0.1, 0.3, 5000, 1000).
         student_loss: "hkd" (AAND) or any ``kdad.blocks.losses`` distance, e.g. "global_cosine" (plain RD loss).
         hkd_topk: hard positions per image and level in HKD (AAND: 10).
@@ -77,8 +95,10 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         abnormal_prototypes: int = 50,
         temperature: float = 0.2,
         mask_threshold: float = 0.3,
+        raa_init: str = "kaiming",
         focal_alpha: float = 0.8,
         focal_gamma: float = 2.0,
+        focal_eps: float | None = 1e-6,
         amplification_weight: float = 0.1,
         margin: float = 0.3,
         max_normal: int = 5000,
@@ -94,7 +114,7 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         super().__init__()
         self.teacher = teacher
         self.amplifier = ResidualAnomalyAmplifier(
-            teacher.channels, normal_prototypes, abnormal_prototypes, temperature, mask_threshold
+            teacher.channels, normal_prototypes, abnormal_prototypes, temperature, mask_threshold, init=raa_init
         )
         self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
         self.decoder = MirroredDecoder(
@@ -103,6 +123,7 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         self.anomaly_map = anomaly_map or AnomalyMapHead()
         self.mask_threshold = float(mask_threshold)
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
+        self.focal_eps = float(focal_eps) if focal_eps else None
         self.amplification_weight = float(amplification_weight)
         self.margin = float(margin)
         self.max_normal, self.max_anomalous = int(max_normal), int(max_anomalous)
@@ -130,8 +151,8 @@ class AnomalyAmplificationDistillation(AnomalyModel):
     def stage_loss(self, stage: int, batch: dict) -> dict[str, Tensor]:
         return self.stage1_loss(batch) if stage == 1 else self.stage2_loss(batch)
 
-    def stage1_loss(self, batch: dict) -> dict[str, Tensor]:
-        """Focal loss on the gates + weight x amplification loss, on synthetic anomalies with teacher forcing."""
+    def stage1_terms(self, batch: dict) -> StageOneTerms:
+        """Stage I's forward pass and its per-level loss terms, on synthetic anomalies with teacher forcing."""
         if "image_aug" not in batch or "mask_aug" not in batch:
             raise ConfigError(
                 "AAND stage I trains on synthetic anomalies, but the batch has no 'image_aug'/'mask_aug': select a "
@@ -141,31 +162,45 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         raw = self.teacher(batch["image_aug"])
         levels = self.amplifier(raw, mask=batch["mask_aug"])
         foreground = batch.get("foreground")
-        focal = raw[0].new_zeros(())
-        amplification = raw[0].new_zeros(())
-        hits = predicted = actual = 0.0
+        focal, amplification = [], []
+        precision = recall = 0.0
         for f, out in zip(raw, levels, strict=True):
             target = out.applied_gate  # the binarised level mask (teacher forcing)
-            focal = focal + binary_focal_loss(out.gate, target, self.focal_alpha, self.focal_gamma)
+            focal.append(binary_focal_loss(out.gate, target, self.focal_alpha, self.focal_gamma, self.focal_eps))
             fg = None if foreground is None else level_mask(foreground, f.shape[-2:], self.mask_threshold)
-            amplification = amplification + amplification_loss(
-                f, out.features, target, fg, self.margin, self.max_normal, self.max_anomalous
+            amplification.append(
+                amplification_loss(f, out.features, target, fg, self.margin, self.max_normal, self.max_anomalous)
             )
             with torch.no_grad():
-                positive = out.gate > 0.5
-                hits += float((positive & (target > 0.5)).sum())
-                predicted += float(positive.sum())
-                actual += float((target > 0.5).sum())
-        loss = focal + self.amplification_weight * amplification
-        # Gate precision / recall at 0.5 over all levels: the released code's stage-I diagnostic.
-        precision = torch.tensor(hits / predicted if predicted else float("nan"))
-        recall = torch.tensor(hits / actual if actual else float("nan"))
+                # The released diagnostic (get_focal_loss): per level, precision and recall of gate > 0.5 against
+                # the level mask, each count + 1e-5 in the denominator (0, not NaN, when nothing is predicted).
+                positive, actual = out.gate > 0.5, target > 0.5
+                hits = (positive & actual).sum()
+                precision = precision + hits / (positive.sum() + 1e-5)
+                recall = recall + hits / (actual.sum() + 1e-5)
+        # Averaged over the levels, as the released code logs them (and selects its stage-I checkpoint by).
+        return StageOneTerms(
+            raw,
+            levels,
+            focal,
+            amplification,
+            torch.as_tensor(precision / len(levels)).float(),
+            torch.as_tensor(recall / len(levels)).float(),
+        )
+
+    def stage1_loss(self, batch: dict) -> dict[str, Tensor]:
+        """Focal loss on the gates + weight x amplification loss, each summed over the levels."""
+        return self.stage1_objective(self.stage1_terms(batch))
+
+    def stage1_objective(self, terms: StageOneTerms) -> dict[str, Tensor]:
+        """Stage I's loss (``loss``) and logged parts from the terms of :meth:`stage1_terms`."""
+        focal, amplification = sum(terms.focal), sum(terms.amplification)
         return {
-            "loss": loss,
+            "loss": focal + self.amplification_weight * amplification,
             "focal": focal.detach(),
             "amplification": amplification.detach(),
-            "gate_precision": precision,
-            "gate_recall": recall,
+            "gate_precision": terms.precision,
+            "gate_recall": terms.recall,
         }
 
     def amplified(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -173,14 +208,29 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         raw = self.teacher(images)
         return raw, [out.features for out in self.amplifier(raw)]
 
-    def stage2_loss(self, batch: dict) -> dict[str, Tensor]:
-        """Distil the frozen amplified teacher into OCBE + decoder, on the normal training images."""
+    def stage2_features(self, batch: dict) -> tuple[list[Tensor], list[Tensor]]:
+        """Stage II's targets (amplified teacher features of the normal images, soft gate, no gradient) and the
+        student's reconstruction of them from the OCBE embedding of those same amplified features."""
         with torch.no_grad():
             _, target = self.amplified(batch["image"])
-        student = self.decoder(self.bottleneck(target))
+        return target, self.decoder(self.bottleneck(target))
+
+    def student_objective(self, target: Sequence[Tensor], student: Sequence[Tensor]) -> Tensor:
+        """The stage-II loss of the student's pyramid against the targets (HKD or a plain distance)."""
         if self.student_loss == "hkd":
-            return {"loss": hard_knowledge_distillation_loss(target, student, self.hkd_topk)}
-        return {"loss": distillation_loss(self.student_loss, target, student)}
+            return hard_knowledge_distillation_loss(target, student, self.hkd_topk)
+        return distillation_loss(self.student_loss, target, student)
+
+    def stage2_loss(self, batch: dict) -> dict[str, Tensor]:
+        """Distil the frozen amplified teacher into OCBE + decoder, on the normal training images."""
+        return {"loss": self.student_objective(*self.stage2_features(batch))}
+
+    def student_warmup_loss(self, batch: dict) -> dict[str, Tensor]:
+        """RD's loss for the student on the *raw* teacher features of the normal images: kdad's warm-up, run
+        during stage I (``AANDModule(student_warmup="rd")``), so that stage II fine-tunes the student instead of
+        starting it from scratch. Where the gate is closed the amplified features equal these raw ones."""
+        raw = self.teacher(batch["image"])
+        return {"loss": distillation_loss("global_cosine", raw, self.decoder(self.bottleneck(raw)))}
 
     # ---------------------------------------------------------------- inference
     def features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:

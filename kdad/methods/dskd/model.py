@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdad.blocks.anomaly_map import AnomalyMapHead, cosine_distance, fuse_scales
+from kdad.blocks.anomaly_map import AnomalyMapHead
 from kdad.blocks.bottleneck import OneClassBottleneck
 from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.losses import BATCH_REDUCTIONS, distance
@@ -55,8 +55,11 @@ def batch_mean_distance(name: str) -> Callable[[Sequence[Tensor], Sequence[Tenso
     """The shared distance ``name`` (``kdad.blocks.losses``), averaged over the batch.
 
     Every distance is first averaged over the batch, so the two students' weights mean the same whatever the
-    distance; ``batch_reduction='sum'`` then multiplies the weighted total by the batch size, which is STFPM's
-    released reduction (its SGD lr 0.4 was tuned for a loss summed over the batch).
+    distance; ``batch_reduction='sum'`` then multiplies the weighted total by the batch size. That default was
+    chosen as "STFPM's released reduction", but the released STFPM averages its loss over the batch
+    (``torch.sum(d, 1).mean()``, checked by tests/test_parity_stfpm.py): with 'sum' DSKD's SGD step is B times
+    the released STFPM step at the same lr. Kept as DSKD's default (no DSKD code exists to settle it; its
+    measured results were trained so); 'mean' is the released STFPM scale.
     """
     return functools.partial(distance(name), batch_reduction="mean")
 
@@ -181,11 +184,12 @@ class DualStudentDistillation(AnomalyModel):
 
     @torch.no_grad()
     def _track_normal_levels(self, feats: dict[str, list[Tensor]]) -> None:
-        """Running mean of each level's per-pixel 1 - cos on the (normal) training batches."""
+        """Running mean of each level's per-pixel map (the head's distance, 1 - cos by default) on the (normal)
+        training batches, so ``map_norm`` divides a map by the normal level of the same distance."""
         for name in ("se", "sd"):
             if name in feats:
-                levels = zip(feats["teacher"], feats[name], strict=True)
-                getattr(self, f"{name}_level_mean").update([cosine_distance(t, s).mean() for t, s in levels])
+                levels = self.anomaly_map.scale_maps(feats["teacher"], feats[name])
+                getattr(self, f"{name}_level_mean").update([m.mean() for m in levels])
 
     # ------------------------------------------------------------------ inference
     def student_map(self, teacher: Sequence[Tensor], student: Sequence[Tensor], name: str, size: tuple[int, int]):
@@ -195,7 +199,7 @@ class DualStudentDistillation(AnomalyModel):
         normal = getattr(self, f"{name}_level_mean").value.clamp_min(1e-8)
         if self.map_norm == "level":
             levels = [m / normal[k] for k, m in enumerate(levels)]
-        fused = fuse_scales(levels, size, head.fusion, head.align_corners)
+        fused = head.fuse(levels, size)
         if self.map_norm == "student":
             fused = fused / (normal.sum() if head.fusion == "sum" else normal.prod())
         return fused

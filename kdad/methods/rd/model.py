@@ -21,6 +21,26 @@ from kdad.methods.distillation import FeatureDistillation
 
 
 class ReverseDistillation(FeatureDistillation):
+    """RD: frozen teacher E -> OCBE -> mirrored decoder D, trained to reproduce E's three feature maps.
+
+    Paper: the distillation loss is a per-pixel cosine distance; the anomaly map sums the per-level 1 - cos maps.
+    Released code (RD4AD): the loss flattens each C x H x W map into one vector (global cosine); OCBE and decoder
+    are He-normal (fan_out) with unit BatchNorm, except the decoder's transposed convs, which its init loop misses
+    (they are not ``nn.Conv2d``) and so keep PyTorch's default.
+    kdad: the released loss (``loss='global_cosine'``); He-normal for the transposed convs too
+    (``upsample_init='kaiming'``; ``'torch_default'`` is the released initialisation). Proven against the released
+    code by ``tests/test_parity_rd.py`` (see the README's "Parity with the released code").
+
+    Args:
+        teacher: the frozen teacher E (three taps).
+        bottleneck_blocks: residual units of the one-class embedding (RD4AD: 3).
+        decoder_blocks: residual blocks per decoder stage, deepest first (RD4AD: 3, 4, 6).
+        block: ``bottleneck`` or ``basic`` residual units in OCBE and decoder.
+        loss: the distillation distance, a ``kdad.blocks.losses`` name.
+        anomaly_map: the map head (default: RD's, sum of 1 - cos maps, sigma 4, max).
+        upsample_init: initialisation of the decoder's transposed convs: ``kaiming`` or ``torch_default``.
+    """
+
     def __init__(
         self,
         teacher: Teacher,
@@ -29,12 +49,17 @@ class ReverseDistillation(FeatureDistillation):
         block: str = "bottleneck",
         loss: str = "global_cosine",
         anomaly_map: AnomalyMapHead | None = None,
+        upsample_init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.teacher = teacher
         self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
         self.decoder = MirroredDecoder(
-            teacher.channels, self.bottleneck.out_channels, blocks=decoder_blocks, block=block
+            teacher.channels,
+            self.bottleneck.out_channels,
+            blocks=decoder_blocks,
+            block=block,
+            upsample_init=upsample_init,
         )
         self.loss_name = loss
         self.anomaly_map = anomaly_map or AnomalyMapHead()

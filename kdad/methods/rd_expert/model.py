@@ -8,11 +8,13 @@ Three networks (faithful to the released code):
   BatchNorm in train mode while it is updated, so its running statistics drift on normal + synthetic images;
 * student S: RD's OCBE + mirrored decoder with Guided Information Injection from T's features
   (:class:`~kdad.methods.rd_expert.injection.InjectedDecoder`), Adam 0.005, betas (0.5, 0.999); every ``nn.Conv2d`` /
-  ``nn.Linear`` of the student re-initialised Xavier-normal as in the code (the decoder's transposed convolutions
-  keep kdad's shared decoder init, Kaiming; the released code's keep PyTorch's default: a kdad simplification).
+  ``nn.Linear`` of the student re-initialised Xavier-normal as in the code (``init``: by default the decoder's
+  transposed convolutions keep kdad's shared decoder init, Kaiming-normal; the released code's keep PyTorch's
+  default, which ``init: released`` reproduces).
 
 Losses (released version, after the 2025-01-21 commits; M = synthetic mask, bilinearly resized per level with
-``align_corners=True`` and thresholded at 0.5; cos_p per pixel over channels, cos_g over whole flattened maps):
+``align_corners=True`` and thresholded at 0.5, see ``mask_resize``; cos_p per pixel over channels, cos_g over
+whole flattened maps):
 
 * ``L_T = sum_k [ mean(1 - cos_p(T_k(x), E_k(x))) + L1(1 - cos_p(T_k(x~), E_k(x)), M_k)
   + (1 - cos_g(T_k(x~), E_k(x~))) ]``
@@ -27,6 +29,15 @@ upsampled 1 - cos_p(S_k, T_k), Gaussian sigma 4, image score = max (RD's head).
 GII (``gii``): ``gated`` (default) is the similarity-gated injection the paper describes; ``released`` is the
 ungated path the released train/test scripts actually run (their ``attn=True`` flag selects it). kdad defaults to
 the paper because the method is defined by it; ``gii: released`` reproduces the code path.
+
+Mask per level (``mask_resize``): ``direct`` (kdad's default) resizes the full-resolution mask to every level;
+the released ``Teacher.loss_distil_aug_p`` reassigns its ``anomaly_mask`` argument inside the level loop, so each
+level is resized from the previous level's *binarised* mask (``chained``). The two differ on a few boundary
+positions of the coarser levels (measured on tests/parity.py's mask: 1 of 23 anomalous positions at 16x16 for a
+128 px input). The chaining reads as an accident of the loop variable, not as a choice; ``chained`` reproduces it.
+
+The parity test (tests/test_parity_rd_expert.py) runs the released settings ``gii: released, init: released,
+mask_resize: chained`` (and the gated GII) against numbers recorded from the released code; see the README.
 
 ``rdpp_expert`` (RD++ with Expert, kdad's; the released code has no RD++ parts): the same
 recipe with RD++'s projection layers P on the teacher side: the student consumes P(T(x)) while GII and every loss
@@ -60,7 +71,8 @@ from kdad.methods.multi_optimizer import MultiOptimizerModel, OptimizerStep
 from kdad.methods.rd_expert.injection import InjectedDecoder
 
 TEACHER_BN_MODES = ("train", "eval")
-STUDENT_INITS = ("xavier", "kaiming")
+STUDENT_INITS = ("xavier", "released", "kaiming")
+MASK_RESIZES = ("direct", "chained")
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -70,12 +82,31 @@ def xavier_init(module: nn.Module) -> None:
             nn.init.xavier_normal_(m.weight)
 
 
-def level_masks(mask: Tensor, features: Sequence[Tensor]) -> list[Tensor]:
-    """The synthetic mask per level: bilinear resize (align_corners=True), then 1 where >= 0.5 (the released rule)."""
+def released_init(module: nn.Module) -> None:
+    """Exactly the released student init: :func:`xavier_init`, and PyTorch's default init for the transposed
+    convolutions (``Student.apply(init_weight)`` skips them, and RD4AD's decoder constructor initialises only
+    ``nn.Conv2d``), instead of kdad's shared decoder init (Kaiming-normal, fan_out)."""
+    xavier_init(module)
+    for m in module.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            m.reset_parameters()
+
+
+def level_masks(mask: Tensor, features: Sequence[Tensor], resize: str = "direct") -> list[Tensor]:
+    """The synthetic mask per level: bilinear resize (align_corners=True), then 1 where >= 0.5 (the released rule).
+
+    ``resize='direct'`` resizes the full-resolution mask to every level (kdad); ``'chained'`` resizes each level
+    from the previous level's binarised mask, as the released loop does (it overwrites its mask argument).
+    """
+    check_choice(resize, MASK_RESIZES, "mask_resize")
     out = []
+    source = mask.float()
     for f in features:
-        resized = F.interpolate(mask.float(), size=f.shape[-2:], mode="bilinear", align_corners=True)
-        out.append((resized >= 0.5).to(f.dtype))
+        resized = F.interpolate(source, size=f.shape[-2:], mode="bilinear", align_corners=True)
+        level = (resized >= 0.5).to(f.dtype)
+        out.append(level)
+        if resize == "chained":
+            source = level.float()
     return out
 
 
@@ -85,12 +116,16 @@ def teacher_loss(
     expert: Sequence[Tensor],
     expert_aug: Sequence[Tensor],
     mask: Tensor,
+    mask_resize: str = "direct",
 ) -> dict[str, Tensor]:
-    """RD with Expert's teacher loss L_T and its three parts (normal closeness, mask target, global closeness on x~)."""
+    """RD with Expert's teacher loss L_T and its three parts (normal closeness, mask target, global closeness on x~).
+
+    ``mask_resize``: how the mask reaches each level (:func:`level_masks`).
+    """
     normal = pixel_cosine_loss(teacher, expert)
     target = sum(
         F.l1_loss(1.0 - F.cosine_similarity(t, e, dim=1).unsqueeze(1), m)
-        for t, e, m in zip(teacher_aug, expert, level_masks(mask, expert), strict=True)
+        for t, e, m in zip(teacher_aug, expert, level_masks(mask, expert, mask_resize), strict=True)
     )
     global_aug = global_cosine_loss(teacher_aug, expert_aug)
     return {"teacher": normal + target + global_aug, "t_normal": normal, "t_mask": target, "t_global": global_aug}
@@ -141,7 +176,12 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         projection_loss: RD++'s projection loss; given, RD++'s projection layers are added (``rdpp_expert``).
         projection_weight: weight of the projection loss in the student stage (RD++: 0.2).
         bottleneck_blocks, decoder_blocks, block: OCBE / decoder sizes, as RD.
-        init: ``xavier`` (the released student init) or ``kaiming`` (RD's).
+        init: ``xavier`` (kdad's default: the released Xavier-normal re-init of every ``nn.Conv2d``/``nn.Linear``,
+            the transposed convolutions keeping kdad's shared decoder init, Kaiming-normal), ``released`` (exactly
+            the released code: the transposed convolutions keep PyTorch's default init, :func:`released_init`) or
+            ``kaiming`` (RD's).
+        mask_resize: ``direct`` (kdad's default: every level from the full-resolution mask) or ``chained`` (the
+            released code: each level from the previous level's binarised mask); :func:`level_masks`.
         teacher_bn: ``train`` (released: BatchNorm statistics follow the training batches while T is updated) or
             ``eval`` (kdad's ablation: T's BatchNorm keeps the pretrained statistics, only its weights move). With
             ``train``, the first iteration warns when T does not start close to E (:func:`warn_if_teacher_starts_far`).
@@ -161,6 +201,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         init: str = "xavier",
         teacher_bn: str = "train",
         anomaly_map: AnomalyMapHead | None = None,
+        mask_resize: str = "direct",
     ) -> None:
         super().__init__()
         if teacher.frozen:
@@ -169,6 +210,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
             raise ValueError("the expert must be a frozen backbone with the teacher's channels")
         check_choice(teacher_bn, TEACHER_BN_MODES, "teacher_bn")
         check_choice(init, STUDENT_INITS, "init")
+        check_choice(mask_resize, MASK_RESIZES, "mask_resize")
         self.teacher = teacher
         self.expert = expert
         self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
@@ -178,11 +220,15 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         if init == "xavier":
             xavier_init(self.bottleneck)
             xavier_init(self.decoder)
+        elif init == "released":
+            released_init(self.bottleneck)
+            released_init(self.decoder)
         self.projection = MultiProjection(teacher.channels) if projection_loss is not None else None
         self.projection_loss = projection_loss
         self.projection_weight = projection_weight
         self.gii = gii
         self.teacher_bn = teacher_bn
+        self.mask_resize = mask_resize
         self.anomaly_map = anomaly_map or AnomalyMapHead()
         # Checked on the first training iteration only (RDExpertModule turns it off when a run resumes).
         self.check_start_gap = True
@@ -234,7 +280,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         expert, expert_aug = self._expert(image), self._expert(image_aug)
 
         self.teacher.train(self.teacher_bn == "train")
-        t_parts = teacher_loss(self.teacher(image), self.teacher(image_aug), expert, expert_aug, mask)
+        t_parts = teacher_loss(self.teacher(image), self.teacher(image_aug), expert, expert_aug, mask, self.mask_resize)
         if self.check_start_gap:
             self.check_start_gap = False
             warn_if_teacher_starts_far(t_parts["t_normal"], len(expert), self.teacher_bn)
@@ -253,7 +299,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         image_aug, mask = pseudo_anomalies(batch)
         expert, expert_aug = self._expert(image), self._expert(image_aug)
         teacher, teacher_aug = self.teacher(image), self.teacher(image_aug)
-        t_parts = teacher_loss(teacher, teacher_aug, expert, expert_aug, mask)
+        t_parts = teacher_loss(teacher, teacher_aug, expert, expert_aug, mask, self.mask_resize)
         s_loss, s_parts = self._student_parts([t.detach() for t in teacher], [t.detach() for t in teacher_aug], expert)
         return {"loss": t_parts["teacher"] + s_loss, **t_parts, **s_parts}
 

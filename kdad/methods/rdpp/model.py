@@ -49,8 +49,9 @@ class ReverseDistillationPP(ReverseDistillation, MultiOptimizerModel):
         block: str = "bottleneck",
         loss: str = "global_cosine",
         anomaly_map: nn.Module | None = None,
+        upsample_init: str = "kaiming",
     ) -> None:
-        super().__init__(teacher, bottleneck_blocks, decoder_blocks, block, loss, anomaly_map)
+        super().__init__(teacher, bottleneck_blocks, decoder_blocks, block, loss, anomaly_map, upsample_init)
         self.projection = MultiProjection(teacher.channels)
         self.projection_loss = projection_loss or ProjectionLoss()
         self.projection_weight = projection_weight

@@ -1,0 +1,349 @@
+"""RD and RD++ against their released code: every recorded tensor of ``tests/parity_reference/{rd,rdpp}.npz``.
+
+The references were recorded by running the released code (RD4AD @ 6554076, RD++ @ 7f2ceb7) on a randomly
+initialised WRN50-2 whose weights :func:`parity.seed_module` overwrote under kdad's state-dict names (how, and how to
+re-record them: ``kdad/methods/rd/README.md`` and ``kdad/methods/rdpp/README.md``, "Parity with the released code").
+Here kdad's modules are built from the method configs, seeded the same way and fed the same input; they must agree
+within ``parity.RTOL`` (1e-5 of each tensor's magnitude): teacher, OCBE and decoder outputs, RD++'s projections, the
+anomaly map before and after the blur, the image scores, every loss term, the gradients, the one-step update of the
+configured optimisers and the BatchNorm running statistics it leaves. The initialisation, which seeding bypasses,
+is compared by its statistics.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import torch
+from helpers import compose_config
+from parity import Reference, assert_close, grads_and_steps, load_reference, parity_images, seed_module
+from torch import Tensor, nn
+
+from kdad.blocks.anomaly_map import AnomalyMapHead
+from kdad.blocks.losses import global_cosine_loss
+from kdad.blocks.projection import contrast_loss, reconstruction_loss, sinkhorn_divergence
+from kdad.blocks.teacher import IMAGENET_STD, Teacher
+from kdad.data.synthesis.simplex import simplex_noise_3d
+from kdad.methods.base import AnomalyModule
+
+BATCH, SIZE = 2, 128
+ARCHITECTURE = {"teacher": "wide_resnet50_2", "image_size": SIZE, "batch": BATCH}
+TEACHER = ["teacher=wide_resnet50_2", "teacher.backbone=wide_resnet50_2", "teacher.weights=none"]
+# The released initialisation (RD4AD's decoder init loop skips the transposed convs); seeding bypasses init anyway.
+RELEASED = {"upsample_init": "torch_default"}
+# Names checked by their own tests below, not by the forward/step comparison.
+SEPARATE = ("init/", "sinkhorn/", "noise/", "loss/ssot")
+
+
+# ---------------------------------------------------------------- building kdad's side
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("parity_rd")
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread, as the references were recorded. A training-mode forward (BatchNorm on batch
+    statistics, batch 2) amplifies rounding ~1000x over the 16 residual units of OCBE and decoder, so its results
+    depend on the summation order, i.e. on the thread count: with 2 threads kdad's own gradients move by ~2e-4
+    (relative) and no longer meet the 1e-5 tolerance; single-threaded they match the released code's. On the shared
+    2-core machine one thread is also the faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher(config_dir: Path, single_thread: None) -> Teacher:
+    """The configured WRN50-2 teacher (random weights, then seeded), shared by RD and RD++."""
+    cfg = compose_config(["method=rd", *TEACHER], config_dir)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialised.*")
+        built = hydra.utils.instantiate(cfg.teacher)
+    seed_module(built, rename=lambda key: f"teacher.{key}")
+    return built
+
+
+def build(method: str, teacher: nn.Module, config_dir: Path, **model: object) -> AnomalyModule:
+    """``method``'s module as its config builds it, around ``teacher``; every other tensor seeded by name."""
+    cfg = compose_config([f"method={method}", *TEACHER], config_dir)
+    network = hydra.utils.instantiate(cfg.method.model, teacher=teacher, **RELEASED, **model)
+    for name, child in network.named_children():
+        if name != "teacher":
+            seed_module(child, rename=lambda key, prefix=name: f"{prefix}.{key}")
+    return hydra.utils.instantiate(cfg.method, model=network)
+
+
+class Capture:
+    """Forward hooks that keep what chosen submodules return (``inputs=True``: what they receive), call by call."""
+
+    def __init__(self, modules: dict[str, nn.Module], inputs: tuple[str, ...] = ()) -> None:
+        self.calls: dict[str, list] = {name: [] for name in modules}
+        self._handles = [
+            module.register_forward_hook(self._hook(name, name in inputs)) for name, module in modules.items()
+        ]
+
+    def _hook(self, name: str, keep_input: bool):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            self.calls[name].append(args[0] if keep_input else output)
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def detached(tensors: list[Tensor] | Tensor, prefix: str) -> dict[str, Tensor]:
+    if isinstance(tensors, Tensor):
+        return {prefix: tensors.detach()}
+    return {f"{prefix}.{k}": t.detach() for k, t in enumerate(tensors)}
+
+
+def noisy_input(reference: Reference, images: Tensor) -> Tensor:
+    """RD++'s recorded pseudo-anomalous copy: the released noise patches (stored whole) added as its dataset does,
+    before normalisation, i.e. noise / std on the normalised image."""
+    noisy = images.clone()
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for b, (top, left, h, w) in enumerate(reference.raw("input/noise_box").tolist()):
+        noisy[b, :, top : top + h, left : left + w] += torch.from_numpy(reference.raw(f"input/noise.{b}")) / std
+    return noisy
+
+
+def run_kdad(module: AnomalyModule, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Evaluation forward, then one training step with the configured optimiser(s), recorded under the
+    reference's names."""
+    model = module.model
+    projected = getattr(model, "projection", None)
+    watched = {"teacher": model.teacher, "bottleneck": model.bottleneck, "decoder": model.decoder}
+    watched["blur"] = model.anomaly_map.blur
+    if projected is not None:
+        watched["projection"] = projected
+    out: dict[str, Tensor] = {"input/image": batch["image"].flatten(1)}
+    if "image_aug" in batch:
+        out["input/image_noisy"] = batch["image_aug"].flatten(1)
+
+    capture = Capture(watched, inputs=("blur",))
+    model.eval()
+    with torch.no_grad():
+        result = model(batch["image"])
+    capture.close()
+    out.update(detached(capture.calls["teacher"][0], "teacher"))
+    out.update(detached(capture.calls["bottleneck"][0], "bottleneck"))
+    out.update(detached(capture.calls["decoder"][0], "decoder"))
+    if projected is not None:
+        out.update(detached(capture.calls["projection"][0], "projected"))
+    out["anomaly_map_raw"] = capture.calls["blur"][0].squeeze(1)
+    out["anomaly_map"], out["score"] = result.anomaly_map, result.score
+
+    model.train()
+    configured = module.configure_optimizers()
+    optimizers = configured if isinstance(configured, list) else [configured]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    before = {n: p.detach().clone() for n, p in named}
+    capture = Capture(watched)
+    parts = model.loss(batch)
+    capture.close()
+    for optimizer in optimizers:
+        optimizer.zero_grad()
+    parts["loss"].backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    out.update(grads_and_steps(named, before))
+    out["loss"] = parts["loss"].detach()
+
+    teacher = capture.calls["teacher"][0]
+    student = capture.calls["decoder"][0]
+    out.update(detached(capture.calls["bottleneck"][0], "train/bottleneck"))
+    out.update(detached(student, "train/decoder"))
+    levels = {f"distill.{k}": global_cosine_loss([t], [s]) for k, (t, s) in enumerate(zip(teacher, student, strict=True))}
+    if projected is None:  # RD's reference calls the per-level terms loss/level<k>
+        out.update({f"loss/level{k}": levels[f"distill.{k}"].detach() for k in range(3)})
+    else:
+        teacher_noisy = capture.calls["teacher"][1]
+        clean, noisy = capture.calls["projection"]
+        margin = model.projection_loss.margin
+        out.update(detached(teacher_noisy, "teacher_noisy"))
+        out.update(detached(noisy, "projected_noisy"))
+        for k in range(3):
+            levels[f"recon.{k}"] = reconstruction_loss([noisy[k]], [clean[k]])
+            levels[f"contrast.{k}"] = contrast_loss([teacher_noisy[k]], [clean[k]], margin)
+            levels[f"contrast_active.{k}"] = contrast_loss([teacher_noisy[k]], [clean[k]], margin=-1.0)
+        out.update({f"loss/{k}": v.detach() for k, v in levels.items()})
+        out.update({f"loss/{k}": parts[k].detach() for k in ("distill", "proj", "recon", "contrast", "ssot")})
+    out.update(running_statistics(model))
+    return out
+
+
+def running_statistics(model: nn.Module) -> dict[str, Tensor]:
+    """BatchNorm running mean / var of the student (OCBE + decoder), concatenated in sorted-name order."""
+    bns = sorted(
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d) and name.startswith(("bottleneck.", "decoder."))
+    )
+    return {
+        "state/running_mean": torch.cat([m.running_mean.flatten() for _, m in bns]),
+        "state/running_var": torch.cat([m.running_var.flatten() for _, m in bns]),
+    }
+
+
+@pytest.fixture(scope="module")
+def rd_reference() -> Reference:
+    return load_reference("rd", ARCHITECTURE)
+
+
+@pytest.fixture(scope="module")
+def rdpp_reference() -> Reference:
+    return load_reference("rdpp", ARCHITECTURE)
+
+
+@pytest.fixture(scope="module")
+def rd_run(teacher: Teacher, config_dir: Path) -> dict[str, Tensor]:
+    module = build("rd", teacher, config_dir)
+    return run_kdad(module, {"image": parity_images(BATCH, SIZE)})
+
+
+@pytest.fixture(scope="module")
+def rdpp_run(teacher: Teacher, config_dir: Path, rdpp_reference: Reference) -> dict[str, Tensor]:
+    module = build("rdpp", teacher, config_dir)
+    images = parity_images(BATCH, SIZE)
+    batch = {"image": images, "image_aug": noisy_input(rdpp_reference, images), "mask_aug": torch.zeros(BATCH, 1)}
+    return run_kdad(module, batch)
+
+
+def compared(reference: Reference) -> Iterator[str]:
+    return (name for name in reference.meta["tensors"] if not name.startswith(SEPARATE))
+
+
+def assert_all_close(reference: Reference, got: dict[str, Tensor]) -> None:
+    missing = [name for name in compared(reference) if name not in got]
+    assert not missing, f"{reference.path}: kdad computed no {missing}"
+    failures = []
+    for name in compared(reference):
+        try:
+            assert_close(reference, name, got[name])
+        except AssertionError as error:
+            failures.append(str(error))
+    assert not failures, f"{len(failures)} tensor(s) differ:\n" + "\n".join(failures)
+
+
+# ---------------------------------------------------------------- the parity tests
+def test_rd_matches_the_released_code(rd_reference: Reference, rd_run: dict[str, Tensor]) -> None:
+    """Features, map, score, loss terms, gradients, Adam update and BN statistics of RD4AD, at rtol 1e-5."""
+    assert_all_close(rd_reference, rd_run)
+
+
+def test_rdpp_matches_the_released_code(rdpp_reference: Reference, rdpp_run: dict[str, Tensor]) -> None:
+    """The same for RD++, with its noisy input, projections, projection-loss terms and two Adam updates."""
+    assert_all_close(rdpp_reference, rdpp_run)
+
+
+def test_rdpp_ssot_is_inert_as_released(rdpp_reference: Reference, rdpp_run: dict[str, Tensor]) -> None:
+    """The released SSOT (geomloss on [B, D] tensors: one cloud vs its permutation) is 0; kdad's ``released`` too."""
+    for k in range(3):
+        assert abs(float(rdpp_reference.fields(f"loss/ssot.{k}")["sum"])) < 1e-6
+    assert abs(float(rdpp_reference.fields("loss/ssot")["sum"])) < 1e-6
+    assert abs(float(rdpp_run["loss/ssot"])) < 1e-6
+
+
+@pytest.mark.parametrize("tag", ["cloud", "batched"])
+def test_sinkhorn_divergence_matches_geomloss(rdpp_reference: Reference, tag: str) -> None:
+    """kdad's Sinkhorn loop against geomloss 0.2.6 configured as RD++ does (diameter 1e7): value and gradient."""
+    from parity import seeded_tensor
+
+    shapes = {"cloud": ((64, 8), (48, 8)), "batched": ((2, 64, 8), (2, 48, 8))}[tag]
+    x = (2.0 * seeded_tensor(f"sinkhorn/{tag}/x", shapes[0])).requires_grad_(True)
+    y = 2.0 * seeded_tensor(f"sinkhorn/{tag}/y", shapes[1]) + 0.3
+    value = sinkhorn_divergence(x, y, blur=0.05, scaling=0.95, p=2, diameter=1e7)
+    value.sum().backward()
+    assert_close(rdpp_reference, f"sinkhorn/{tag}/value", value.detach())
+    assert_close(rdpp_reference, f"sinkhorn/{tag}/grad_x", x.grad)
+
+
+# ---------------------------------------------------------------- initialisation (seeding bypasses it)
+class _Channels(nn.Module):
+    """Stands in for the teacher where only its channels matter (building the student's layers)."""
+
+    channels = [256, 512, 1024]
+
+
+def init_statistics(model: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
+    params = dict(model.named_parameters())
+    stats = {"mean": [], "std": [], "kurtosis": []}
+    for name in names:
+        x = params[name].detach().double().flatten()
+        mean, std = x.mean(), x.std(unbiased=False)
+        stats["mean"].append(float(mean))
+        stats["std"].append(float(std))
+        stats["kurtosis"].append(float(((x - mean) ** 4).mean() / std**4) if std > 0 else 0.0)
+    return {k: np.asarray(v) for k, v in stats.items()}
+
+
+def init_mismatches(reference: Reference, model: nn.Module) -> list[str]:
+    """Parameters whose fresh values do not look drawn from the released code's distribution: mean and std within
+    six standard errors, the 4th moment (normal 3, uniform 1.8) within 0.3 for tensors of 10k values or more."""
+    names = reference.meta["provenance"]["init_names"]
+    got = init_statistics(model, names)
+    ref = {k: reference.fields(f"init/{k}")["sample"] for k in ("mean", "std", "kurtosis")}
+    params = dict(model.named_parameters())
+    wrong = []
+    for i, name in enumerate(names):
+        n = params[name].numel()
+        std = max(ref["std"][i], got["std"][i])
+        if abs(got["mean"][i] - ref["mean"][i]) > 6 * std / n**0.5 + 1e-12:
+            wrong.append(f"{name}: mean {got['mean'][i]:.4g} vs released {ref['mean'][i]:.4g}")
+        elif abs(got["std"][i] - ref["std"][i]) > 6 * std / (2 * n) ** 0.5 + 1e-12:
+            wrong.append(f"{name}: std {got['std'][i]:.4g} vs released {ref['std'][i]:.4g}")
+        elif n >= 10_000 and abs(got["kurtosis"][i] - ref["kurtosis"][i]) > 0.3:
+            wrong.append(f"{name}: kurtosis {got['kurtosis'][i]:.3g} vs released {ref['kurtosis'][i]:.3g}")
+    return wrong
+
+
+@pytest.mark.parametrize("method", ["rd", "rdpp"])
+def test_released_init_matches_the_released_code(method: str, config_dir: Path) -> None:
+    reference = load_reference(method, ARCHITECTURE)
+    cfg = compose_config([f"method={method}", *TEACHER], config_dir)
+    model = hydra.utils.instantiate(cfg.method.model, teacher=_Channels(), upsample_init="torch_default")
+    assert init_mismatches(reference, model) == []
+
+
+def test_default_init_differs_from_the_released_one_in_the_transposed_convs_only(config_dir: Path) -> None:
+    """kdad's default (``upsample_init=kaiming``) gives the decoder's ConvTranspose2d He-normal weights; everything
+    else is initialised as released."""
+    reference = load_reference("rd", ARCHITECTURE)
+    cfg = compose_config(["method=rd", *TEACHER], config_dir)
+    model = hydra.utils.instantiate(cfg.method.model, teacher=_Channels())
+    transposed = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.ConvTranspose2d)}
+    wrong = {line.split(":")[0] for line in init_mismatches(reference, model)}
+    assert wrong == transposed
+
+
+# ---------------------------------------------------------------- kdad's own simplex noise (its RNG differs)
+@pytest.mark.xfail(
+    strict=True,
+    reason="kdad.data.synthesis.simplex draws classic (Gustavson) simplex noise, the released code OpenSimplex: "
+    "for RD++'s 6-octave 31 px patch kdad's root mean square is ~1.35x and its max ~1.6x the released noise's",
+)
+def test_kdad_simplex_noise_has_the_released_statistics(rdpp_reference: Reference) -> None:
+    stats = []
+    for seed in range(1, 65):
+        x = simplex_noise_3d((3, 31, 31), np.random.default_rng(seed), 32.0, 6, 0.6).astype(np.float64)
+        a, b = x[..., :-1].ravel(), x[..., 1:].ravel()
+        stats.append([np.sqrt(np.mean(x**2)), np.abs(x).max(), np.corrcoef(a, b)[0, 1]])
+    got = np.mean(stats, axis=0)
+    released = rdpp_reference.fields("noise/statistics")["sample"]
+    np.testing.assert_allclose(got[:2], released[:2], rtol=0.1)
+    assert abs(got[2] - released[2]) < 0.02
+
+
+def test_map_head_of_rd_is_the_released_one() -> None:
+    """The configured map head is the one the references were recorded with (sum, sigma 4, align_corners, max)."""
+    head = AnomalyMapHead()
+    assert (head.fusion, head.blur.sigma, head.align_corners, head.score) == ("sum", 4.0, True, "max")
