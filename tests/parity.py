@@ -172,7 +172,9 @@ class Reference:
         prefix = f"{name}/"
         found = {k[len(prefix) :]: v for k, v in self.arrays.items() if k.startswith(prefix)}
         if not found:
-            raise ParityReferenceError(f"{self.path}: no tensor {name!r} recorded (recorded: {', '.join(self.names())})")
+            raise ParityReferenceError(
+                f"{self.path}: no tensor {name!r} recorded (recorded: {', '.join(self.names())})"
+            )
         return found
 
     def raw(self, name: str) -> np.ndarray:
@@ -202,7 +204,9 @@ def save_reference(
     """
     directory.mkdir(parents=True, exist_ok=True)
     npz, meta = reference_paths(method, directory)
-    arrays = {f"{name}/{field}": value for name, t in tensors.items() for field, value in fingerprint_of(name, t).items()}
+    arrays = {
+        f"{name}/{field}": value for name, t in tensors.items() for field, value in fingerprint_of(name, t).items()
+    }
     arrays.update({f"{name}/raw": np.asarray(value) for name, value in (raw or {}).items()})
     np.savez_compressed(npz, **arrays)
     record = {
@@ -290,9 +294,7 @@ def assert_close(reference: Reference, name: str, tensor: Tensor, rtol: float = 
         raise AssertionError(f"{reference.path} [{name}] drifted from the released code: " + "; ".join(problems))
 
 
-def grads_and_steps(
-    named: Iterable[tuple[str, nn.Parameter]], before: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
+def grads_and_steps(named: Iterable[tuple[str, nn.Parameter]], before: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """After ``backward()`` and one optimiser step: ``grad/<name>`` (the gradient) and ``step/<name>`` (the
     parameter after the step minus ``before[name]``, the update) for every parameter with a gradient."""
     out = {}
@@ -302,3 +304,59 @@ def grads_and_steps(
         out[f"grad/{name}"] = p.grad.detach().clone()
         out[f"step/{name}"] = (p.detach() - before[name]).clone()
     return out
+
+
+def assert_first_adam_step_close(
+    reference: Reference,
+    name: str,
+    step: Tensor,
+    grad: Tensor,
+    param: Tensor,
+    lr: float,
+    eps: float = 1e-8,
+    rtol: float = RTOL,
+) -> None:
+    """A first Adam update ``step/<p>`` agrees with the recorded one to the precision its gradient's check implies.
+
+    The first step of Adam (bias-corrected, no weight decay) is ``-lr g / (|g| + eps)``: about ``-lr sign(g)``,
+    with derivative ``lr eps / (|g| + eps)^2`` in ``g``. An entry whose gradient is near ``eps`` therefore turns the
+    gradient's admitted difference (``rtol (|g| + rms(g))``, :func:`assert_close`'s rule for ``grad/<p>``) into an
+    update difference of up to ``lr / (4 eps)`` times it, far above ``rtol`` of the update; and an update measured as
+    ``p_after - p_before`` is only known to one float32 ulp of the parameter on each side (a parameter ~1 moved by
+    lr 5e-3 is known to 2.4e-5 of the step). Each entry is allowed :func:`assert_close`'s bound plus both terms,
+    computed from ``grad`` (kdad's gradient) and ``param`` (the parameter after the step); the sums get the sum of
+    the per-entry allowances. ``step``, ``grad`` and ``param`` are kdad's full tensors.
+    """
+    ref = reference.fields(name)
+    got = fingerprint_of(name, step)
+    if tuple(got["shape"]) != tuple(ref["shape"]):
+        raise AssertionError(
+            f"{reference.path} [{name}]: shape {tuple(got['shape'])} != recorded {tuple(ref['shape'])}"
+        )
+    # float32 allowances (a bound needs no more), float64 sums.
+    g, s, p = (t.detach().to("cpu", torch.float32).flatten() for t in (grad, step, param))
+    g_abs = g.abs()
+    g_scale = float(g.square().mean(dtype=torch.float64).sqrt())
+    allowance = (lr * eps * rtol) * (g_abs + g_scale) / (g_abs + eps).square()
+    allowance = allowance.clamp_(max=2 * lr).add_(p.abs().mul_(2 * torch.finfo(torch.float32).eps))
+    scale = float(np.sqrt(ref["sq_sum"] / max(1, int(np.prod(ref["shape"])))))
+    index = _sample_index(s.numel(), UPDATE_SAMPLE_SIZE)
+    bound = rtol * (np.abs(ref["sample"]) + scale) + allowance[index].double().numpy()
+    error = np.abs(got["sample"] - ref["sample"])
+    problems = []
+    if np.any(error > bound):
+        worst = int(np.argmax(error / bound))
+        problems.append(
+            f"sample[{worst}] = {got['sample'][worst]:.9g} vs recorded {ref['sample'][worst]:.9g} "
+            f"({int(np.sum(error > bound))} of {error.size} outside the bound)"
+        )
+    total = float(allowance.sum(dtype=torch.float64))
+    if abs(float(got["sum"]) - float(ref["sum"])) > rtol * float(ref["abs_sum"]) + total:
+        problems.append(f"sum = {float(got['sum']):.9g} vs recorded {float(ref['sum']):.9g}")
+    if abs(float(got["abs_sum"]) - float(ref["abs_sum"])) > rtol * float(ref["abs_sum"]) + total:
+        problems.append(f"abs_sum = {float(got['abs_sum']):.9g} vs recorded {float(ref['abs_sum']):.9g}")
+    sq_allowance = float(((2 * s.abs() + allowance) * allowance).sum(dtype=torch.float64))
+    if abs(float(got["sq_sum"]) - float(ref["sq_sum"])) > rtol * float(ref["sq_sum"]) + sq_allowance:
+        problems.append(f"sq_sum = {float(got['sq_sum']):.9g} vs recorded {float(ref['sq_sum']):.9g}")
+    if problems:
+        raise AssertionError(f"{reference.path} [{name}] drifted from the released code: " + "; ".join(problems))

@@ -23,6 +23,7 @@ from parity import (
     RTOL,
     Reference,
     assert_close,
+    assert_first_adam_step_close,
     grads_and_steps,
     load_reference,
     parity_images,
@@ -73,6 +74,19 @@ def _module(tmp_path: Path) -> AANDModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-teacher warning: the weights are seeded below
         return hydra.utils.instantiate(cfg.method)
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    (group,) = optimizer.param_groups
+    beta1, beta2 = group["betas"]
+    return {
+        "lr": group["lr"],
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": group["eps"],
+        "weight_decay": group["weight_decay"],
+        "amsgrad": float(group["amsgrad"]),
+    }
 
 
 def _student_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -146,6 +160,7 @@ def computed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Reference, dict[
         parts["loss"].backward()
         optimizer1.step()
         out.update(grads_and_steps(trainable, before))
+        out.update({f"param/{k}": p for k, p in trainable})
 
         # ---- stage II: one iteration on the seeded weights, kdad's stage-II optimiser
         model.load_state_dict(seeded)
@@ -178,7 +193,15 @@ def computed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Reference, dict[
         loss.backward()
         optimizer2.step()
         out.update(grads_and_steps(trainable, before))
+        out.update({f"param/{k}": p for k, p in trainable})
         out.update({f"step/{k}": v - buffers_before[k] for k, v in _student_buffers(model).items()})
+        out.update(
+            {
+                f"optimizer{i}/{key}": torch.tensor(float(v))
+                for i, o in enumerate((optimizer1, optimizer2), 1)
+                for key, v in _hyperparameters(o).items()
+            }
+        )
         return reference, {k: v.detach() for k, v in out.items()}
     finally:
         torch.set_num_threads(threads)
@@ -213,10 +236,27 @@ def test_aand_matches_the_released_code(group: str, computed: tuple[Reference, d
     failures = []
     for name in names:
         try:
-            assert_close(reference, name, ours[name], TOLERANCE.get(name, RTOL))
+            key = name.split("/", 1)[1]
+            if name.startswith("step/") and f"grad/{key}" in ours:  # an Adam update, not a BN statistic
+                stage = 1 if key.startswith("amplifier.") else 2
+                lr, eps = float(ours[f"optimizer{stage}/lr"]), float(ours[f"optimizer{stage}/eps"])
+                assert_first_adam_step_close(
+                    reference, name, ours[name], ours[f"grad/{key}"], ours[f"param/{key}"], lr, eps
+                )
+            else:
+                assert_close(reference, name, ours[name], TOLERANCE.get(name, RTOL))
         except AssertionError as error:
             failures.append(str(error))
     assert not failures, f"{len(failures)} of {len(names)} tensors:\n" + "\n".join(failures)
+
+
+def test_optimisers_are_the_released_adam(computed: tuple[Reference, dict[str, Tensor]]) -> None:
+    """One step does not see the betas (the first Adam step is -lr g / (|g| + eps) whatever they are): the
+    released optimisers' settings, train.py's Adam(lr=0.005, betas=(0.5, 0.999)) in both stages, are checked here."""
+    _, ours = computed
+    released = {"lr": 0.005, "beta1": 0.5, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": 0.0}
+    for stage in (1, 2):
+        assert {k: float(ours[f"optimizer{stage}/{k}"]) for k in released} == pytest.approx(released)
 
 
 # ---------------------------------------------------------------- what the seeded weights and one step bypass

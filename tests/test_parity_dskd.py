@@ -103,7 +103,7 @@ SD_GLOBAL_COSINE = (1 - (9 + 16 - 1) / (math.sqrt(26) * math.sqrt(26))) / 2  # i
 def test_pyramid_matching_loss_by_hand(
     se_loss: str, sd_loss: str, se_expected: float, sd_expected: float, reduction: str, resnet18: Teacher
 ) -> None:
-    assert SE_STFPM == pytest.approx(2 * SE_PIXEL_COSINE) and SE_STFPM == pytest.approx(1.52 + 1 - math.sqrt(2) / 2)
+    assert math.isclose(SE_STFPM, 2 * SE_PIXEL_COSINE) and math.isclose(SE_STFPM, 1.52 + 1 - math.sqrt(2) / 2)
     model = _small(
         resnet18, se_loss=se_loss, sd_loss=sd_loss, se_weight=0.5, sd_weight=2.0, batch_reduction=reduction
     ).eval()

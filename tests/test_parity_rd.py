@@ -12,6 +12,7 @@ is compared by its statistics.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,16 @@ import numpy as np
 import pytest
 import torch
 from helpers import compose_config
-from parity import Reference, assert_close, grads_and_steps, load_reference, parity_images, seed_module
+from parity import (
+    RTOL,
+    Reference,
+    assert_close,
+    grads_and_steps,
+    load_reference,
+    parity_images,
+    seed_module,
+    seeded_tensor,
+)
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import AnomalyMapHead
@@ -38,6 +48,16 @@ TEACHER = ["teacher=wide_resnet50_2", "teacher.backbone=wide_resnet50_2", "teach
 RELEASED = {"upsample_init": "torch_default"}
 # Names checked by their own tests below, not by the forward/step comparison.
 SEPARATE = ("init/", "sinkhorn/", "noise/", "loss/ssot")
+# RD++'s projection convs have biases, each followed by an InstanceNorm that subtracts the channel mean: their
+# gradient is exactly 0 in exact arithmetic and ~1e-6 of the weights' in float32, i.e. rounding noise, which Adam's
+# first step (about lr * sign(g)) turns into arbitrary +-lr moves. Compared by test_rdpp_normalised_biases_get_no_gradient.
+CANCELLED_BIAS = r"(grad|step)/projection\.layers\.\d\.body\.\d\.bias"
+# Per-tensor tolerances where float32 accumulation, not the method, sets the limit.
+RTOLS = {
+    # CosineEmbeddingLoss (released) and F.cosine_similarity (kdad) sum the 262,144-long level-1 dot products in
+    # different orders: ~7e-6 apart (and the sum-of-squares check doubles a scalar's relative error).
+    **{f"loss/contrast_active.{k}": 2e-5 for k in range(3)},
+}
 
 
 # ---------------------------------------------------------------- building kdad's side
@@ -162,7 +182,9 @@ def run_kdad(module: AnomalyModule, batch: dict[str, Tensor]) -> dict[str, Tenso
     student = capture.calls["decoder"][0]
     out.update(detached(capture.calls["bottleneck"][0], "train/bottleneck"))
     out.update(detached(student, "train/decoder"))
-    levels = {f"distill.{k}": global_cosine_loss([t], [s]) for k, (t, s) in enumerate(zip(teacher, student, strict=True))}
+    levels = {
+        f"distill.{k}": global_cosine_loss([t], [s]) for k, (t, s) in enumerate(zip(teacher, student, strict=True))
+    }
     if projected is None:  # RD's reference calls the per-level terms loss/level<k>
         out.update({f"loss/level{k}": levels[f"distill.{k}"].detach() for k in range(3)})
     else:
@@ -219,7 +241,11 @@ def rdpp_run(teacher: Teacher, config_dir: Path, rdpp_reference: Reference) -> d
 
 
 def compared(reference: Reference) -> Iterator[str]:
-    return (name for name in reference.meta["tensors"] if not name.startswith(SEPARATE))
+    return (
+        name
+        for name in reference.meta["tensors"]
+        if not name.startswith(SEPARATE) and not re.fullmatch(CANCELLED_BIAS, name)
+    )
 
 
 def assert_all_close(reference: Reference, got: dict[str, Tensor]) -> None:
@@ -228,7 +254,7 @@ def assert_all_close(reference: Reference, got: dict[str, Tensor]) -> None:
     failures = []
     for name in compared(reference):
         try:
-            assert_close(reference, name, got[name])
+            assert_close(reference, name, got[name], RTOLS.get(name, RTOL))
         except AssertionError as error:
             failures.append(str(error))
     assert not failures, f"{len(failures)} tensor(s) differ:\n" + "\n".join(failures)
@@ -255,16 +281,33 @@ def test_rdpp_ssot_is_inert_as_released(rdpp_reference: Reference, rdpp_run: dic
 
 @pytest.mark.parametrize("tag", ["cloud", "batched"])
 def test_sinkhorn_divergence_matches_geomloss(rdpp_reference: Reference, tag: str) -> None:
-    """kdad's Sinkhorn loop against geomloss 0.2.6 configured as RD++ does (diameter 1e7): value and gradient."""
-    from parity import seeded_tensor
+    """kdad's Sinkhorn loop against geomloss 0.2.6 configured as RD++ does (diameter 1e7): value and gradient.
 
+    The gradient is the potentials' (final temperature eps = 0.0025): float32 rounding in them reaches it amplified
+    by 1/eps = 400, hence 2e-4 (run in float64, the two agree to 1e-7: the same algorithm)."""
     shapes = {"cloud": ((64, 8), (48, 8)), "batched": ((2, 64, 8), (2, 48, 8))}[tag]
     x = (2.0 * seeded_tensor(f"sinkhorn/{tag}/x", shapes[0])).requires_grad_(True)
     y = 2.0 * seeded_tensor(f"sinkhorn/{tag}/y", shapes[1]) + 0.3
     value = sinkhorn_divergence(x, y, blur=0.05, scaling=0.95, p=2, diameter=1e7)
     value.sum().backward()
     assert_close(rdpp_reference, f"sinkhorn/{tag}/value", value.detach())
-    assert_close(rdpp_reference, f"sinkhorn/{tag}/grad_x", x.grad)
+    assert_close(rdpp_reference, f"sinkhorn/{tag}/grad_x", x.grad, rtol=2e-4)
+
+
+def test_rdpp_normalised_biases_get_no_gradient(rdpp_reference: Reference, rdpp_run: dict[str, Tensor]) -> None:
+    """The projection convs' biases (cancelled by the InstanceNorm after them) get only rounding noise as gradient,
+    in the released code and in kdad alike: rms below 1e-5 of the same conv's weight gradient."""
+
+    def rms(fields: dict[str, np.ndarray]) -> float:
+        return float(np.sqrt(fields["sq_sum"] / np.prod(fields["shape"])))
+
+    biases = [n for n in rdpp_reference.meta["tensors"] if re.fullmatch(CANCELLED_BIAS, n) and n.startswith("grad/")]
+    assert len(biases) == 12
+    for name in biases:
+        weight = name.removesuffix(".bias") + ".weight"
+        assert rms(rdpp_reference.fields(name)) < 1e-5 * rms(rdpp_reference.fields(weight)), name
+        grad, weight_grad = rdpp_run[name], rdpp_run[weight]
+        assert float(grad.square().mean().sqrt()) < 1e-5 * float(weight_grad.square().mean().sqrt()), name
 
 
 # ---------------------------------------------------------------- initialisation (seeding bypasses it)

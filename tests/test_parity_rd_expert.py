@@ -19,7 +19,6 @@ statistics.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,7 +123,9 @@ class _OptimizerSteps(L.Callback):
 
     def _pre(self, optimizer: torch.optim.Optimizer, group: str) -> None:
         for name, p in self._params(optimizer, group):
-            self.grads[f"grad/{name}"] = p.grad.detach().clone()
+            # No copy: the module sets grads to None after the step (zero_grad(set_to_none=True)), and Adam without
+            # weight decay only reads them, so the tensor keeps the gradient the step saw.
+            self.grads[f"grad/{name}"] = p.grad.detach()
             self._before[name] = p.detach().clone()
 
     def _post(self, optimizer: torch.optim.Optimizer, group: str) -> None:
@@ -132,17 +133,7 @@ class _OptimizerSteps(L.Callback):
             self.steps[f"step/{name}"] = p.detach() - self._before[name]
 
 
-def _one_iteration(module: RDExpertModule, path: str, tmp: Path) -> dict[str, Tensor]:
-    """Train ``module`` for one iteration with a Lightning Trainer, then map x~ as a test would; returns kdad's
-    tensors under the reference's names."""
-    model: ReverseDistillationExpert = module.model
-    image, image_aug, mask = _inputs()
-    batch = {"image": image, "image_aug": image_aug, "mask_aug": mask}
-    state_before = {k: v.clone() for k, v in model.state_dict().items()}
-
-    cap = _Capture()
-    cap.output("expert", model.expert)
-    cap.output("teacher", model.teacher)
+def _hook_student(cap: _Capture, model: ReverseDistillationExpert) -> None:
     cap.input("student_in", model.bottleneck)
     cap.output("embedding", model.bottleneck)
     cap.output("decoder", model.decoder)
@@ -157,8 +148,60 @@ def _one_iteration(module: RDExpertModule, path: str, tmp: Path) -> dict[str, Te
             cap.output(f"gii{k}/gate", unit.attend)
     cap.input("fused_map", model.anomaly_map.blur)
 
+
+def _student_records(c: dict[str, list], path: str) -> dict[str, Tensor]:
+    """The student stage's two calls (x, then x~) under the reference's names; GII intermediates on x."""
+    out: dict[str, Tensor] = {}
+    assert len(c["decoder"]) == 2
+    for call, inp in enumerate(("x", "x_aug")):
+        prefix = f"{path}/student_{inp}"
+        out[f"{prefix}/embedding"] = c["embedding"][call]
+        out.update({f"{prefix}/{lvl}": t for lvl, t in enumerate(c["decoder"][call])})
+        if inp == "x":
+            fed = c["student_in"][call]
+            for k in (0, 1):
+                for part in ("downsample", "context", "input"):
+                    out[f"{prefix}/gii{k}/{part}"] = c[f"gii{k}/{part}"][call]
+                if path == "gated":
+                    out[f"{prefix}/gii{k}/similarity"] = GuidedInjection.similarity(c[f"stage{k}"][call], fed[2 - k])
+                    out[f"{prefix}/gii{k}/mix"] = c[f"gii{k}/mix"][call]
+                    out[f"{prefix}/gii{k}/gate"] = c[f"gii{k}/gate"][call]
+    return out
+
+
+def _inference(model: ReverseDistillationExpert, cap: _Capture, path: str) -> dict[str, Tensor]:
+    """Map x~ with the trained teacher and student (eval mode), as a test step does."""
+    cap.calls.clear()
+    model.eval()
+    with torch.no_grad():
+        output = model(_inputs()[1])
+    infer = cap.calls
+    fused = infer["fused_map"][0]
+    return {
+        **{f"infer/teacher/{lvl}": t for lvl, t in enumerate(infer["teacher"][0])},
+        **{f"{path}/infer/student/{lvl}": t for lvl, t in enumerate(infer["decoder"][0])},
+        # the gated path's fused map is recorded [B,H,W] (file size)
+        f"{path}/infer/fused_map": fused if path == "released" else fused[:, 0],
+        f"{path}/infer/anomaly_map": output.anomaly_map,
+        f"{path}/infer/score": output.score,
+    }
+
+
+def _one_iteration(module: RDExpertModule, tmp: Path) -> dict[str, Tensor]:
+    """Train ``module`` for one iteration with a Lightning Trainer, as ``python -m kdad.run`` does, then map x~;
+    returns kdad's tensors under the reference's names."""
+    model: ReverseDistillationExpert = module.model
+    image, image_aug, mask = _inputs()
+    batch = {"image": image, "image_aug": image_aug, "mask_aug": mask}
+    buffers_before = {
+        k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))
+    }
+    cap = _Capture()
+    cap.output("expert", model.expert)
+    cap.output("teacher", model.teacher)
+    _hook_student(cap, model)
     names = {id(p): k for k, p in model.named_parameters()}
-    steps = _OptimizerSteps(names, {"teacher": "", "student": f"{path}/"})
+    steps = _OptimizerSteps(names, {"teacher": "", "student": "released/"})
     trainer = L.Trainer(
         max_steps=1,
         accelerator="cpu",
@@ -176,50 +219,53 @@ def _one_iteration(module: RDExpertModule, path: str, tmp: Path) -> dict[str, Te
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
     assert module.global_step == 1
     logged = {k[len("train/") :]: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    state_after = model.state_dict()
-    train_calls = {k: list(v) for k, v in cap.calls.items()}
-    cap.calls.clear()
-
-    model.eval()
-    with torch.no_grad():
-        output = model(image_aug)
-    infer = cap.calls
-    cap.remove()
-
-    c = train_calls
-    out: dict[str, Tensor] = {}
-    assert len(c["expert"]) == 2 and len(c["teacher"]) == 4 and len(c["decoder"]) == 2
+    c = cap.calls
+    # The iteration's network calls, in the released order: E(x), E(x~); T(x), T(x~) in train mode; T(x), T(x~)
+    # in eval mode after the teacher step; S(T(x)), S(T(x~)).
+    assert len(c["expert"]) == 2 and len(c["teacher"]) == 4
+    out = _student_records(c, "released")
     for call, inp in enumerate(("x", "x_aug")):
         out.update({f"expert/{inp}/{lvl}": t for lvl, t in enumerate(c["expert"][call])})
         out.update({f"teacher_train/{inp}/{lvl}": t for lvl, t in enumerate(c["teacher"][call])})
         out.update({f"teacher_eval/{inp}/{lvl}": t for lvl, t in enumerate(c["teacher"][2 + call])})
-        prefix = f"{path}/student_{inp}"
-        out[f"{prefix}/embedding"] = c["embedding"][call]
-        out.update({f"{prefix}/{lvl}": t for lvl, t in enumerate(c["decoder"][call])})
-        if inp == "x":
-            fed = c["student_in"][call]
-            for k in (0, 1):
-                for part in ("downsample", "context", "input"):
-                    out[f"{prefix}/gii{k}/{part}"] = c[f"gii{k}/{part}"][call]
-                if path == "gated":
-                    out[f"{prefix}/gii{k}/similarity"] = GuidedInjection.similarity(c[f"stage{k}"][call], fed[2 - k])
-                    out[f"{prefix}/gii{k}/mix"] = c[f"gii{k}/mix"][call]
-                    out[f"{prefix}/gii{k}/gate"] = c[f"gii{k}/gate"][call]
     out.update({name: logged[key] for name, key in LOSSES.items()})
-    out.update({f"{path}/loss/{key}": logged[key] for key in STUDENT_LOSSES})
+    out.update({f"released/loss/{key}": logged[key] for key in STUDENT_LOSSES})
     out.update(steps.grads)
     out.update(steps.steps)
     # BatchNorm running statistics: their change over the iteration, as recorded (step/<buffer key>).
-    for key, value in state_after.items():
-        if key.endswith(("running_mean", "running_var")) and key.startswith(("teacher.", "bottleneck.", "decoder.")):
-            prefix = "" if key.startswith("teacher.") else f"{path}/"
-            out[f"step/{prefix}{key}"] = value - state_before[key]
-    out.update({f"infer/teacher/{lvl}": t for lvl, t in enumerate(infer["teacher"][0])})
-    out.update({f"{path}/infer/student/{lvl}": t for lvl, t in enumerate(infer["decoder"][0])})
-    fused = infer["fused_map"][0]
-    out[f"{path}/infer/fused_map"] = fused if path == "released" else fused[:, 0]
-    out[f"{path}/infer/anomaly_map"] = output.anomaly_map
-    out[f"{path}/infer/score"] = output.score
+    for key, value in model.state_dict().items():
+        if key in buffers_before and key.startswith(("teacher.", "bottleneck.", "decoder.")):
+            prefix = "" if key.startswith("teacher.") else "released/"
+            out[f"step/{prefix}{key}"] = value - buffers_before[key]
+    out.update(_inference(model, cap, "released"))
+    cap.remove()
+    return out
+
+
+def _gated_student_stage(model: ReverseDistillationExpert) -> dict[str, Tensor]:
+    """The student stage of ``optimizer_steps`` for the gated GII, on a teacher that has taken its step.
+
+    The teacher stage does not depend on the GII path, so the gated model reuses the released run's stepped
+    teacher instead of repeating it (the reference records the gated path's student stage only): E(x); T(x),
+    T(x~) in eval mode without gradient; the student loss on both; its gradients. Then the test-time map.
+    """
+    image, image_aug, _ = _inputs()
+    cap = _Capture()
+    cap.output("teacher", model.teacher)
+    _hook_student(cap, model)
+    model.train()
+    expert = model.expert(image)
+    model.teacher.eval()
+    with torch.no_grad():
+        teacher, teacher_aug = model.teacher(image), model.teacher(image_aug)
+    loss, parts = model._student_parts(teacher, teacher_aug, expert)
+    loss.backward()
+    out = _student_records(cap.calls, "gated")
+    out.update({f"gated/loss/{key}": parts[key].detach() for key in STUDENT_LOSSES})
+    student = {n: p for n, p in model.named_parameters() if n.startswith(("bottleneck.", "decoder."))}
+    out.update({f"grad/gated/{n}": p.grad for n, p in student.items() if p.grad is not None})
+    out.update(_inference(model, cap, "gated"))
+    cap.remove()
     return out
 
 
@@ -229,8 +275,21 @@ def reference() -> Reference:
 
 
 @pytest.fixture(scope="module")
-def kdad_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Tensor]]:
-    """Both GII paths, one iteration each, from the same seeded start; and the released init's statistics."""
+def one_thread() -> Iterator[None]:
+    """The reference was recorded with one CPU thread, and this comparison needs the same: with train-mode
+    BatchNorm on a batch of 2, randomly initialised networks amplify rounding (measured with 2 threads: the
+    teacher's layer-3 features of the step already 9e-5 apart, the features after the Adam step 2e-3, the student
+    outputs beyond 10 %), so agreement to 1e-5 needs the same summation order on both sides."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def kdad_run(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[str, dict[str, Tensor]]:
+    """The released iteration, the gated path's student stage from the same seeded start, and the released
+    init's statistics."""
     tmp = tmp_path_factory.mktemp("rd_expert_parity")
     runs: dict[str, dict[str, Tensor]] = {}
     with warnings.catch_warnings():
@@ -239,17 +298,15 @@ def kdad_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Te
         module = hydra.utils.instantiate(cfg.method)
     runs["init"] = _init_stats(module.model)
     seed_module(module.model, rename=_seed_key)
-    start_teacher = copy.deepcopy(module.model.teacher)  # the seeded start, for the gated run
-    runs["released"] = _one_iteration(module, "released", tmp)
+    runs["released"] = _one_iteration(module, tmp)
 
-    # The gated path from the same seeded start: the config's model and module, reusing the (frozen, unchanged)
-    # expert and a copy of the seeded teacher instead of building two more WRN50s.
+    # The gated path: the config's model with gii: gated, sharing the (frozen) expert and the stepped teacher.
     cfg = compose_config(["method=rd_expert", *TEACHER, *RELEASED, "method.model.gii=gated"], tmp)
-    expert = module.model.expert
-    gated_model = hydra.utils.instantiate(cfg.method.model, teacher=start_teacher, expert=expert)
-    seed_module(gated_model.bottleneck, rename=lambda k: f"bottleneck.{k}")
-    seed_module(gated_model.decoder, rename=lambda k: f"decoder.{k}")
-    runs["gated"] = _one_iteration(hydra.utils.instantiate(cfg.method, model=gated_model), "gated", tmp)
+    model = module.model
+    gated = hydra.utils.instantiate(cfg.method.model, teacher=model.teacher, expert=model.expert)
+    seed_module(gated.bottleneck, rename=lambda k: f"bottleneck.{k}")
+    seed_module(gated.decoder, rename=lambda k: f"decoder.{k}")
+    runs["gated"] = _gated_student_stage(gated)
     return runs
 
 
@@ -276,7 +333,7 @@ def test_gated_path_matches_the_released_code(reference: Reference, kdad_run: di
     """``gii: gated`` (the released ``attn=False`` path, the paper's GII): student stage, gradients, map."""
     got = kdad_run["gated"]
     expected = {n for n in reference.names() if n.startswith("gated/") or n.startswith("grad/gated/")}
-    produced = {n for n in got if "gated/" in n and not n.startswith("step/")}  # the reference has no gated steps
+    produced = {n for n in got if "gated/" in n}
     assert produced == expected, (sorted(produced - expected)[:5], sorted(expected - produced)[:5])
     for name in sorted(expected):
         assert_close(reference, name, got[name])
@@ -296,7 +353,7 @@ def test_released_init_matches_the_released_code(reference: Reference, kdad_run:
     compared statistically: 2 % on the spread, far below the 1.7-2.5x of kdad's default Kaiming transposed convs."""
     got = kdad_run["init"]
     recorded = _recorded(reference, "init/")
-    assert set(got) <= recorded and len(got) > 300
+    assert set(got) <= recorded and len(got) == 183
     for name, stats in got.items():
         mean, std, mean_abs = (float(v) for v in reference.fields(name)["sample"])
         g_mean, g_std, g_abs = (float(v) for v in stats)
@@ -321,7 +378,7 @@ def test_default_init_differs_only_in_the_transposed_convs(reference: Reference)
             ratios.append(float(stats[1]) / std)
         else:
             assert abs(float(stats[1]) - std) <= 0.02 * max(std, 1e-12) + 1e-7, name
-    assert len(ratios) == 16 and min(ratios) > 1.5 and max(ratios) < 3.0, ratios
+    assert len(ratios) == 6 and min(ratios) > 1.5 and max(ratios) < 3.0, ratios
 
 
 def test_released_mask_rule_is_chained(reference: Reference, kdad_run: dict) -> None:

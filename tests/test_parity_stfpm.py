@@ -37,10 +37,10 @@ RELEASED = [
 
 @pytest.fixture(autouse=True)
 def single_thread() -> Iterator[None]:
-    """One intra-op thread (also the faster on the shared 2-core machine), as the reference was recorded (then kdad's numbers are the released code's bit for bit,
-    except the final resize). With 2 threads the convolutions round differently (~1e-6) and the train-mode step
-    (BatchNorm on a batch of 2, ReLU and max-pool decisions) moves the stem's gradients by up to ~2e-3 relative:
-    a summation-order effect, beyond the 1e-5 tolerance."""
+    """One intra-op thread (also the faster on the shared 2-core machine), as the reference was recorded: then
+    kdad's numbers are the released code's bit for bit, except the final resize. With 2 threads the convolutions
+    round differently (~1e-6) and the train-mode step (BatchNorm on a batch of 2, ReLU and max-pool decisions)
+    moves the stem's gradients by up to ~2e-3 relative: a summation-order effect, beyond the 1e-5 tolerance."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -132,15 +132,17 @@ def sinkhorn_divergence(
             f_ba, g_ab = (f_ba + ft_ba) / 2, (g_ab + gt_ab) / 2
             f_aa, g_bb = (f_aa + ft_aa) / 2, (g_bb + gt_bb) / 2
 
-    # Last extrapolation with autograd: the potentials are constants, the costs carry the gradient.
+    # Last extrapolation with autograd: the potentials are constants, the costs carry the gradient. Each potential
+    # is differentiated through the points it lives on only (the other cloud detached, as geomloss does): by the
+    # envelope theorem dS/dx_i = a_i * grad(f_ba - f_aa)(x_i). Letting the gradient also flow through the second
+    # argument (g_ab's x, f_aa's other x) counts every term twice: a gradient 2x the divergence's.
     eps = schedule[-1]
-    c_xy = _cost(x, y, p)
     f_ba, g_ab = (
-        _softmin(eps, c_xy, log_b + g_ab / eps),
-        _softmin(eps, c_xy.transpose(-1, -2), log_a + f_ba / eps),
+        _softmin(eps, _cost(x, y.detach(), p), log_b + g_ab / eps),
+        _softmin(eps, _cost(y, x.detach(), p), log_a + f_ba / eps),
     )
-    f_aa = _softmin(eps, _cost(x, x, p), log_a + f_aa / eps)
-    g_bb = _softmin(eps, _cost(y, y, p), log_b + g_bb / eps)
+    f_aa = _softmin(eps, _cost(x, x.detach(), p), log_a + f_aa / eps)
+    g_bb = _softmin(eps, _cost(y, y.detach(), p), log_b + g_bb / eps)
     divergence = (log_a.exp() * (f_ba - f_aa)).sum(-1) + (log_b.exp() * (g_ab - g_bb)).sum(-1)
     return divergence[0] if single else divergence
 

@@ -13,8 +13,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import MultiStepLR
 
-from kdad.methods.aand.model import AMPLIFIER_PREFIX, STAGE_GROUPS
 from kdad.errors import check_choice
+from kdad.methods.aand.model import AMPLIFIER_PREFIX, STAGE_GROUPS
 from kdad.methods.base import AnomalyModule, optimizer_groups
 
 log = logging.getLogger(__name__)
