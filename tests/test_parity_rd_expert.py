@@ -242,13 +242,15 @@ def _one_iteration(module: RDExpertModule, tmp: Path) -> dict[str, Tensor]:
     return out
 
 
-def _gated_student_stage(model: ReverseDistillationExpert) -> dict[str, Tensor]:
+def _gated_student_stage(module: RDExpertModule) -> dict[str, Tensor]:
     """The student stage of ``optimizer_steps`` for the gated GII, on a teacher that has taken its step.
 
     The teacher stage does not depend on the GII path, so the gated model reuses the released run's stepped
     teacher instead of repeating it (the reference records the gated path's student stage only): E(x); T(x),
-    T(x~) in eval mode without gradient; the student loss on both; its gradients. Then the test-time map.
+    T(x~) in eval mode without gradient; the student loss on both; its gradients; the step of the config's student
+    optimiser (as the module configures it). Then the test-time map.
     """
+    model: ReverseDistillationExpert = module.model
     image, image_aug, _ = _inputs()
     cap = _Capture()
     cap.output("teacher", model.teacher)
@@ -264,6 +266,8 @@ def _gated_student_stage(model: ReverseDistillationExpert) -> dict[str, Tensor]:
     out.update({f"gated/loss/{key}": parts[key].detach() for key in STUDENT_LOSSES})
     student = {n: p for n, p in model.named_parameters() if n.startswith(("bottleneck.", "decoder."))}
     out.update({f"grad/gated/{n}": p.grad for n, p in student.items() if p.grad is not None})
+    optimizers = dict(zip(module.optimizer_names, module.configure_optimizers(), strict=True))
+    optimizers["student"].step()
     out.update(_inference(model, cap, "gated"))
     cap.remove()
     return out
@@ -306,7 +310,7 @@ def kdad_run(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict
     gated = hydra.utils.instantiate(cfg.method.model, teacher=model.teacher, expert=model.expert)
     seed_module(gated.bottleneck, rename=lambda k: f"bottleneck.{k}")
     seed_module(gated.decoder, rename=lambda k: f"decoder.{k}")
-    runs["gated"] = _gated_student_stage(gated)
+    runs["gated"] = _gated_student_stage(hydra.utils.instantiate(cfg.method, model=gated))
     return runs
 
 

@@ -84,6 +84,9 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         student_loss: "hkd" (AAND) or any ``kdad.blocks.losses`` distance, e.g. "global_cosine" (plain RD loss).
         hkd_topk: hard positions per image and level in HKD (AAND: 10).
         bottleneck_blocks, decoder_blocks, block: RD's student layout.
+        upsample_init: the decoder's transposed convs: 'kaiming' (kdad's RD-family default, as ``method=rd``) or
+            'torch_default' (the released ``de_wide_resnet50_2``: its init loop only reaches ``nn.Conv2d``, so they
+            keep PyTorch's default, 0.4-0.6x kdad's std); see ``kdad.blocks.residual.kaiming_init``.
         anomaly_map: map head for both the main and the stage-I map (RD's: sum, sigma 4, max).
         stage1_map: also return the stage-I map as the auxiliary output ``stage1``.
     """
@@ -108,6 +111,7 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         bottleneck_blocks: int = 3,
         decoder_blocks: Sequence[int] = (3, 4, 6),
         block: str = "bottleneck",
+        upsample_init: str = "kaiming",
         anomaly_map: AnomalyMapHead | None = None,
         stage1_map: bool = True,
     ) -> None:
@@ -118,7 +122,11 @@ class AnomalyAmplificationDistillation(AnomalyModel):
         )
         self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
         self.decoder = MirroredDecoder(
-            teacher.channels, self.bottleneck.out_channels, blocks=decoder_blocks, block=block
+            teacher.channels,
+            self.bottleneck.out_channels,
+            blocks=decoder_blocks,
+            block=block,
+            upsample_init=upsample_init,
         )
         self.anomaly_map = anomaly_map or AnomalyMapHead()
         self.mask_threshold = float(mask_threshold)
