@@ -35,6 +35,7 @@ from parity import (
 from torch import Tensor, nn
 
 from kdad.blocks.anomaly_map import AnomalyMapHead
+from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.losses import global_cosine_loss
 from kdad.blocks.projection import contrast_loss, reconstruction_loss, sinkhorn_divergence
 from kdad.blocks.teacher import IMAGENET_STD, Teacher
@@ -50,7 +51,8 @@ RELEASED = {"upsample_init": "torch_default"}
 SEPARATE = ("init/", "sinkhorn/", "noise/", "loss/ssot")
 # RD++'s projection convs have biases, each followed by an InstanceNorm that subtracts the channel mean: their
 # gradient is exactly 0 in exact arithmetic and ~1e-6 of the weights' in float32, i.e. rounding noise, which Adam's
-# first step (about lr * sign(g)) turns into arbitrary +-lr moves. Compared by test_rdpp_normalised_biases_get_no_gradient.
+# first step (about lr * sign(g)) turns into arbitrary +-lr moves. Checked by
+# test_rdpp_normalised_biases_get_no_gradient instead.
 CANCELLED_BIAS = r"(grad|step)/projection\.layers\.\d\.body\.\d\.bias"
 # Per-tensor tolerances where float32 accumulation, not the method, sets the limit.
 RTOLS = {
@@ -349,23 +351,41 @@ def init_mismatches(reference: Reference, model: nn.Module) -> list[str]:
     return wrong
 
 
+@pytest.fixture(scope="module")
+def released_init(config_dir: Path, single_thread: None) -> nn.Module:
+    """RD++'s trainable layers (OCBE, decoder, projections; RD's are the same modules) freshly initialised as
+    configured, with the released upsampling init."""
+    cfg = compose_config(["method=rdpp", *TEACHER], config_dir)
+    return hydra.utils.instantiate(cfg.method.model, teacher=_Channels(), upsample_init="torch_default")
+
+
 @pytest.mark.parametrize("method", ["rd", "rdpp"])
-def test_released_init_matches_the_released_code(method: str, config_dir: Path) -> None:
-    reference = load_reference(method, ARCHITECTURE)
-    cfg = compose_config([f"method={method}", *TEACHER], config_dir)
-    model = hydra.utils.instantiate(cfg.method.model, teacher=_Channels(), upsample_init="torch_default")
-    assert init_mismatches(reference, model) == []
+def test_released_init_matches_the_released_code(method: str, released_init: nn.Module) -> None:
+    """Every trainable tensor of the released OCBE, decoder (and RD++'s projections) has the distribution kdad's
+    ``upsample_init=torch_default`` gives it: He-normal fan_out convs, unit BatchNorm, PyTorch-default transposed
+    convs and projection convs (with their biases)."""
+    assert init_mismatches(load_reference(method, ARCHITECTURE), released_init) == []
 
 
-def test_default_init_differs_from_the_released_one_in_the_transposed_convs_only(config_dir: Path) -> None:
-    """kdad's default (``upsample_init=kaiming``) gives the decoder's ConvTranspose2d He-normal weights; everything
-    else is initialised as released."""
-    reference = load_reference("rd", ARCHITECTURE)
-    cfg = compose_config(["method=rd", *TEACHER], config_dir)
-    model = hydra.utils.instantiate(cfg.method.model, teacher=_Channels())
-    transposed = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.ConvTranspose2d)}
-    wrong = {line.split(":")[0] for line in init_mismatches(reference, model)}
-    assert wrong == transposed
+@pytest.mark.parametrize("upsample_init", ["kaiming", "torch_default"])
+def test_upsample_init_switch_changes_the_transposed_convs_only(upsample_init: str) -> None:
+    """``kaiming`` (kdad's default, the value in conf/method/rd.yaml and rdpp.yaml): the decoder's ConvTranspose2d
+    get He-normal fan_out like its other convs; ``torch_default``: PyTorch's U(+-1/sqrt(fan_in)), as released."""
+    torch.manual_seed(0)
+    decoder = MirroredDecoder([32, 64, 128], 256, upsample_init=upsample_init)
+    for name, m in decoder.named_modules():
+        if not isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            continue
+        receptive = m.weight[0, 0].numel()
+        fan_in, fan_out = m.weight.shape[1] * receptive, m.weight.shape[0] * receptive
+        torch_default = isinstance(m, nn.ConvTranspose2d) and upsample_init == "torch_default"
+        expected = (1.0 / (3 * fan_in)) ** 0.5 if torch_default else (2.0 / fan_out) ** 0.5
+        assert float(m.weight.detach().std()) == pytest.approx(expected, rel=0.15), name
+
+
+def test_configs_keep_kdads_upsample_init(config_dir: Path) -> None:
+    for method in ("rd", "rdpp"):
+        assert compose_config([f"method={method}"], config_dir).method.model.upsample_init == "kaiming"
 
 
 # ---------------------------------------------------------------- kdad's own simplex noise (its RNG differs)
