@@ -373,7 +373,9 @@ def test_default_init_differs_only_in_the_transposed_convs(reference: Reference)
     torch.manual_seed(0)
     stand_in = nn.Module()  # the constructor reads only the teacher's channels and frozen flag
     stand_in.channels, stand_in.frozen = [256, 512, 1024], False
-    model = ReverseDistillationExpert(stand_in, None, gii="released")
+    # One unit per stage (a quarter of the student to initialise): the first unit of each stage, the one with the
+    # transposed convs, has the full model's shapes and names.
+    model = ReverseDistillationExpert(stand_in, None, gii="released", bottleneck_blocks=1, decoder_blocks=(1, 1, 1))
     transposed = {f"init/{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.ConvTranspose2d)}
     ratios = []
     for name, stats in _init_stats(model).items():

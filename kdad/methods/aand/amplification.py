@@ -21,8 +21,18 @@ code also clamps to [-1, 1], a no-op after tanh); pooled-mask threshold 0.3; lev
 teacher layer consumes the un-amplified feature, which is automatic here because the teacher is run first and
 amplified afterwards).
 
+What the released code does beyond the notes (read from ``Hui-design/AAND`` @ 376c4e4 and proven by
+``tests/test_parity_aand.py``): the RAA modules are built inside the ResNet constructor, before its
+``kaiming_normal_(fan_out, relu)`` loop over every ``nn.Conv2d``, so the MLP weights are He-normal (biases keep
+PyTorch's default); the gate is computed as [B, H*W, C] queries against [B, M, C] keys, dot products divided by the
+two norms, softmax over the prototypes; the encoding is evaluated in float32. kdad follows all three (``init=
+'kaiming'`` by default, :func:`pointwise_mlp`), and computes the gate, the encoding and the residual ``g * (v * f)``
+in the released order of operations, so the amplified features are bit-identical to the released ones on the same
+machine (stage II's train-mode student amplifies 1-ulp differences of its input ~7000-fold).
+
 kdad decisions: channels left over when C is not divisible by 4 get no encoding (the released code refuses such
-C; every tap of kdad's teachers is divisible by 4); prototype counts, tau and the mask threshold are arguments.
+C; every tap of kdad's teachers is divisible by 4); prototype counts, tau, the mask threshold and the MLP init
+(``'pytorch'``: PyTorch's default) are arguments.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ recorded in the project's method notes:
   foreground, at most 5000 sampled over the batch) and anomalous ones (inside the mask, at most 1000);
 * HKD: per level, the mean of the k largest per-pixel cosine distances of each image (k = 10), averaged over
   the batch, plus RD's global cosine term.
+
+Proven against the released functions (``get_focal_loss``, ``get_amplify_loss``, ``loss_fucntion``) per level by
+``tests/test_parity_aand.py``. kdad's differences, each a no-op at AAND's settings or an edge case: the focal loss
+clamps the gate to [eps, 1 - eps] (``eps=None`` is the released loss); the subsample draws with ``torch.randperm``
+where the released code uses ``np.random.permutation`` (same distribution; below the limits both take every
+position); a level with anomalies but no normal position gives 0 where the released code gives NaN.
 """
 
 from __future__ import annotations

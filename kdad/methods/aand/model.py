@@ -26,8 +26,14 @@ from such a file (or any AAND checkpoint) and trains stage II only. The stage le
 up to ``trainer.max_epochs`` (the paper presets: 100 + 120 = 220), else the run stops before its first step.
 
 Not reproduced (documented in ``kdad/methods/aand/README.md``): test-set model selection in both stages (gate
-precision for stage I, I-AUROC for stage II; ``checkpoint=best_on_test`` gives the latter's analogue) and the early
-stop at test I-AUROC > 0.999.
+precision for stage I, I-AUROC + P-AUROC for stage II; ``checkpoint=best_on_test`` gives the latter's analogue) and
+the early stop at test I-AUROC > 0.999.
+
+Parity: ``tests/test_parity_aand.py`` holds one iteration of each stage (forward, per-level losses, gradients,
+Adam update, BatchNorm statistics) and both evaluations' maps and scores to the released code (``Hui-design/AAND``
+@ 376c4e4) on seeded WRN50 weights; the released value of every switch (``raa_init='kaiming'``, the default;
+``upsample_init='torch_default'``, ``focal_eps=None``, the scheduler's ``round_milestones=False``) is what that test
+runs (README, "Parity with the released code").
 """
 
 from __future__ import annotations

@@ -32,11 +32,21 @@ from kdad.methods.rd.model import ReverseDistillation
 class ReverseDistillationPP(ReverseDistillation, MultiOptimizerModel):
     """RD with RD++'s projection layers and projection loss.
 
+    Paper: SSOT is optimal transport between the projected feature distributions of two samples of the batch.
+    Released code: its SSOT feeds geomloss [B, D] tensors (one cloud of B points against its permutation), so the
+    term is identically 0; OCBE and decoder are RD4AD's, initialised as there (transposed convs left at PyTorch's
+    default); the projection convs keep PyTorch's default init.
+    kdad: the released SSOT by default (``projection_loss.ssot='released'``; ``per_sample`` is the paper's intent);
+    He-normal transposed convs (``upsample_init='kaiming'``; ``'torch_default'`` is the released init). With the
+    released settings every tensor of a forward pass and one training step agrees with the released code at 1e-5
+    (``tests/test_parity_rd.py``; the README's "Parity with the released code" lists what and how).
+
     Args:
         teacher: the frozen teacher E.
         projection_loss: RD++'s projection loss (SSOT mode and weights live there).
         projection_weight: weight of L_proj in the total loss (RD++: 0.2).
-        **rd: the remaining :class:`ReverseDistillation` arguments (OCBE/decoder sizes, loss, map head).
+        bottleneck_blocks, decoder_blocks, block, loss, anomaly_map, upsample_init: as
+            :class:`ReverseDistillation` (OCBE/decoder sizes, distillation distance, map head, transposed-conv init).
     """
 
     def __init__(
