@@ -13,7 +13,7 @@ Three networks (faithful to the released code):
   default, which ``init: released`` reproduces).
 
 Losses (released version, after the 2025-01-21 commits; M = synthetic mask, bilinearly resized per level with
-``align_corners=True`` and thresholded at 0.5, see ``mask_resize``; cos_p per pixel over channels, cos_g over
+``align_corners=True`` and thresholded at 0.5, see ``mask_levels``; cos_p per pixel over channels, cos_g over
 whole flattened maps):
 
 * ``L_T = sum_k [ mean(1 - cos_p(T_k(x), E_k(x))) + L1(1 - cos_p(T_k(x~), E_k(x)), M_k)
@@ -30,14 +30,14 @@ GII (``gii``): ``gated`` (default) is the similarity-gated injection the paper d
 ungated path the released train/test scripts actually run (their ``attn=True`` flag selects it). kdad defaults to
 the paper because the method is defined by it; ``gii: released`` reproduces the code path.
 
-Mask per level (``mask_resize``): ``direct`` (kdad's default) resizes the full-resolution mask to every level;
+Mask per level (``mask_levels``): ``direct`` (kdad's default) resizes the full-resolution mask to every level;
 the released ``Teacher.loss_distil_aug_p`` reassigns its ``anomaly_mask`` argument inside the level loop, so each
 level is resized from the previous level's *binarised* mask (``chained``). The two differ on a few boundary
 positions of the coarser levels (measured on tests/parity.py's mask: 1 of 23 anomalous positions at 16x16 for a
 128 px input). The chaining reads as an accident of the loop variable, not as a choice; ``chained`` reproduces it.
 
 The parity test (tests/test_parity_rd_expert.py) runs the released settings ``gii: released, init: released,
-mask_resize: chained`` (and the gated GII) against numbers recorded from the released code; see the README.
+mask_levels: chained`` (and the gated GII) against numbers recorded from the released code; see the README.
 
 ``rdpp_expert`` (RD++ with Expert, kdad's; the released code has no RD++ parts): the same
 recipe with RD++'s projection layers P on the teacher side: the student consumes P(T(x)) while GII and every loss
@@ -72,7 +72,7 @@ from kdad.methods.rd_expert.injection import InjectedDecoder
 
 TEACHER_BN_MODES = ("train", "eval")
 STUDENT_INITS = ("xavier", "released", "kaiming")
-MASK_RESIZES = ("direct", "chained")
+MASK_LEVELS = ("direct", "chained")
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -92,20 +92,20 @@ def released_init(module: nn.Module) -> None:
             m.reset_parameters()
 
 
-def level_masks(mask: Tensor, features: Sequence[Tensor], resize: str = "direct") -> list[Tensor]:
+def level_masks(mask: Tensor, features: Sequence[Tensor], rule: str = "direct") -> list[Tensor]:
     """The synthetic mask per level: bilinear resize (align_corners=True), then 1 where >= 0.5 (the released rule).
 
-    ``resize='direct'`` resizes the full-resolution mask to every level (kdad); ``'chained'`` resizes each level
+    ``rule='direct'`` resizes the full-resolution mask to every level (kdad); ``'chained'`` resizes each level
     from the previous level's binarised mask, as the released loop does (it overwrites its mask argument).
     """
-    check_choice(resize, MASK_RESIZES, "mask_resize")
+    check_choice(rule, MASK_LEVELS, "mask_levels")
     out = []
     source = mask.float()
     for f in features:
         resized = F.interpolate(source, size=f.shape[-2:], mode="bilinear", align_corners=True)
         level = (resized >= 0.5).to(f.dtype)
         out.append(level)
-        if resize == "chained":
+        if rule == "chained":
             source = level.float()
     return out
 
@@ -116,16 +116,16 @@ def teacher_loss(
     expert: Sequence[Tensor],
     expert_aug: Sequence[Tensor],
     mask: Tensor,
-    mask_resize: str = "direct",
+    mask_levels: str = "direct",
 ) -> dict[str, Tensor]:
     """RD with Expert's teacher loss L_T and its three parts (normal closeness, mask target, global closeness on x~).
 
-    ``mask_resize``: how the mask reaches each level (:func:`level_masks`).
+    ``mask_levels``: how the mask reaches each level (:func:`level_masks`).
     """
     normal = pixel_cosine_loss(teacher, expert)
     target = sum(
         F.l1_loss(1.0 - F.cosine_similarity(t, e, dim=1).unsqueeze(1), m)
-        for t, e, m in zip(teacher_aug, expert, level_masks(mask, expert, mask_resize), strict=True)
+        for t, e, m in zip(teacher_aug, expert, level_masks(mask, expert, mask_levels), strict=True)
     )
     global_aug = global_cosine_loss(teacher_aug, expert_aug)
     return {"teacher": normal + target + global_aug, "t_normal": normal, "t_mask": target, "t_global": global_aug}
@@ -180,7 +180,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
             the transposed convolutions keeping kdad's shared decoder init, Kaiming-normal), ``released`` (exactly
             the released code: the transposed convolutions keep PyTorch's default init, :func:`released_init`) or
             ``kaiming`` (RD's).
-        mask_resize: ``direct`` (kdad's default: every level from the full-resolution mask) or ``chained`` (the
+        mask_levels: ``direct`` (kdad's default: every level from the full-resolution mask) or ``chained`` (the
             released code: each level from the previous level's binarised mask); :func:`level_masks`.
         teacher_bn: ``train`` (released: BatchNorm statistics follow the training batches while T is updated) or
             ``eval`` (kdad's ablation: T's BatchNorm keeps the pretrained statistics, only its weights move). With
@@ -201,7 +201,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         init: str = "xavier",
         teacher_bn: str = "train",
         anomaly_map: AnomalyMapHead | None = None,
-        mask_resize: str = "direct",
+        mask_levels: str = "direct",
     ) -> None:
         super().__init__()
         if teacher.frozen:
@@ -210,7 +210,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
             raise ValueError("the expert must be a frozen backbone with the teacher's channels")
         check_choice(teacher_bn, TEACHER_BN_MODES, "teacher_bn")
         check_choice(init, STUDENT_INITS, "init")
-        check_choice(mask_resize, MASK_RESIZES, "mask_resize")
+        check_choice(mask_levels, MASK_LEVELS, "mask_levels")
         self.teacher = teacher
         self.expert = expert
         self.bottleneck = OneClassBottleneck(teacher.channels, num_blocks=bottleneck_blocks, block=block)
@@ -228,7 +228,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         self.projection_weight = projection_weight
         self.gii = gii
         self.teacher_bn = teacher_bn
-        self.mask_resize = mask_resize
+        self.mask_levels = mask_levels
         self.anomaly_map = anomaly_map or AnomalyMapHead()
         # Checked on the first training iteration only (RDExpertModule turns it off when a run resumes).
         self.check_start_gap = True
@@ -280,7 +280,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         expert, expert_aug = self._expert(image), self._expert(image_aug)
 
         self.teacher.train(self.teacher_bn == "train")
-        t_parts = teacher_loss(self.teacher(image), self.teacher(image_aug), expert, expert_aug, mask, self.mask_resize)
+        t_parts = teacher_loss(self.teacher(image), self.teacher(image_aug), expert, expert_aug, mask, self.mask_levels)
         if self.check_start_gap:
             self.check_start_gap = False
             warn_if_teacher_starts_far(t_parts["t_normal"], len(expert), self.teacher_bn)
@@ -299,7 +299,7 @@ class ReverseDistillationExpert(FeatureDistillation, MultiOptimizerModel):
         image_aug, mask = pseudo_anomalies(batch)
         expert, expert_aug = self._expert(image), self._expert(image_aug)
         teacher, teacher_aug = self.teacher(image), self.teacher(image_aug)
-        t_parts = teacher_loss(teacher, teacher_aug, expert, expert_aug, mask, self.mask_resize)
+        t_parts = teacher_loss(teacher, teacher_aug, expert, expert_aug, mask, self.mask_levels)
         s_loss, s_parts = self._student_parts([t.detach() for t in teacher], [t.detach() for t in teacher_aug], expert)
         return {"loss": t_parts["teacher"] + s_loss, **t_parts, **s_parts}
 
