@@ -17,6 +17,7 @@ class TestRecord:
     defect_type: str
     label: int
     score: float
+    category: str | None = None  # the image's category in a test of several (unified training)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from kdad.data.mvtec3d import MVTEC3D_CATEGORIES, MVTec3DDataModule
 from kdad.data.mvtec_ad2 import MVTEC_AD2_CATEGORIES, MVTecAD2DataModule
 from kdad.data.mvtec_loco import MVTEC_LOCO_CATEGORIES, MVTecLOCODataModule
 from kdad.data.realiad import REALIAD_CATEGORIES, RealIADDataModule
+from kdad.data.unified import UnifiedDataModule, build_datamodule
 from kdad.data.visa import VISA_CATEGORIES, VisADataModule
 
 DATA_MODULES: dict[str, type[AnomalyDataModule]] = {
@@ -48,6 +49,7 @@ __all__ = [
     "REALIAD_CATEGORIES",
     "VAL_SOURCES",
     "VISA_CATEGORIES",
+    "build_datamodule",
     "AnomalyDataModule",
     "AnomalyDataset",
     "BTADDataModule",
@@ -65,5 +67,6 @@ __all__ = [
     "RealIADDataModule",
     "Sample",
     "SyntheticDataModule",
+    "UnifiedDataModule",
     "VisADataModule",
 ]

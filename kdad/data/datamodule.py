@@ -111,6 +111,9 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         calibration_dir: a labelled folder in MVTec test layout (``good/`` and one sub-folder per defect type)
             the thresholds are fitted on (``threshold=f1_val``); relative to ``root`` or absolute.
         calibration_mask_dir: masks of ``calibration_dir``'s defect images, mirroring its sub-folders (optional).
+        unified: False here; ``data.unified=true`` (several categories, one model) builds a
+            :class:`kdad.data.unified.UnifiedDataModule` over this benchmark instead (``kdad.data.build_datamodule``).
+        unified_sampling: read by the unified module only (``shuffle`` or ``balanced``).
     """
 
     name: ClassVar[str] = ""
@@ -146,8 +149,19 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
         calibration_split: float = 0.0,
         calibration_dir: str | None = None,
         calibration_mask_dir: str | None = None,
+        unified: bool = False,
+        unified_sampling: str = "shuffle",
     ) -> None:
         super().__init__()
+        if unified:
+            raise DatasetError(
+                "data.unified=true: build the data module with kdad.data.build_datamodule(cfg.data), which trains one "
+                "model over the categories (kdad.run does); hydra.utils.instantiate(cfg.data) builds one category's"
+            )
+        if not isinstance(category, str):
+            from kdad.data.unified import check_unified_categories  # unified.py imports this module
+
+            check_unified_categories(category, unified=False)  # raises for a list: it needs data.unified=true
         self.root = Path(str(root)).expanduser()
         self.category = str(category)
         if int(image_size) <= 0:
@@ -456,14 +470,26 @@ class AnomalyDataModule(L.LightningDataModule, abc.ABC):
             return min(8, max(1, (os.cpu_count() or 2) - 1))
         return 1 if train and self.train_synthesis is not None else 0
 
-    def _loader(self, dataset: AnomalyDataset, batch_size: int, train: bool) -> DataLoader:
+    def _loader(
+        self,
+        dataset: AnomalyDataset,
+        batch_size: int,
+        train: bool,
+        sampler: Any | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
+        """``sampler`` (with the ``generator`` it draws from) replaces the training shuffle (unified training's
+        balanced sampling)."""
         workers = self.loader_workers(train)
+        if train and generator is None:
+            # A fresh generator per fit: the shuffle order (and the workers' seeds) depend only on `seed`.
+            generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            # A fresh generator per fit: the shuffle order (and the workers' seeds) depend only on `seed`.
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            generator=generator,
             num_workers=workers,
             pin_memory=self._on_gpu() if self.pin_memory == "auto" else self.pin_memory,
             # Persistent: the synthesis draw counter carries on across epochs, so every epoch draws new anomalies.

@@ -40,6 +40,9 @@ class Sample:
 
     ``extra_mask_paths``: further mask files of the same image, merged with ``mask_path`` (union of their pixels);
     MVTec LOCO AD ships one file per annotated region. Empty for every other benchmark.
+
+    ``category``: the benchmark category the image belongs to, set where one dataset holds several categories
+    (``data.unified=true``, :mod:`kdad.data.unified`); its items then carry ``category``. None otherwise.
     """
 
     image_path: Path
@@ -47,6 +50,7 @@ class Sample:
     label: int  # 0 normal, 1 anomalous
     defect_type: str  # "good" for normal images
     extra_mask_paths: tuple[Path, ...] = ()
+    category: str | None = None
 
     def __post_init__(self) -> None:
         # Finders and users may pass str paths; normalise once so everything downstream sees Path.
@@ -102,6 +106,10 @@ class AnomalyDataset(Dataset):
         foreground: optional ``foreground_mask`` arguments (e.g. ``{"method": "grabcut"}``); the mask is
             computed once per image from the resized image, cached like decoded images, passed to
             ``synthesis`` and returned as ``foreground``.
+        foreground_by_category: ``{category: foreground_mask arguments or None}`` for samples of several
+            categories (``Sample.category``; unified training), used instead of ``foreground``. When any category
+            has a foreground rule, every item carries ``foreground`` (so batches mixing categories collate): the
+            samples of a category without one get the whole image, which restricts nothing.
     """
 
     def __init__(
@@ -116,6 +124,7 @@ class AnomalyDataset(Dataset):
         synthesis: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
         foreground: Mapping[str, Any] | None = None,
         synthesis_seed: int = 0,
+        foreground_by_category: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> None:
         if image_size <= 0:
             raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}.")
@@ -128,6 +137,13 @@ class AnomalyDataset(Dataset):
         self.pixel_ground_truth = pixel_ground_truth
         self.synthesis = synthesis
         self.foreground = dict(foreground) if foreground else None
+        self.foreground_by_category = (
+            {str(c): (dict(spec) if spec else None) for c, spec in foreground_by_category.items()}
+            if foreground_by_category
+            else None
+        )
+        if self.foreground_by_category is not None and not any(self.foreground_by_category.values()):
+            self.foreground_by_category = None  # no category restricts its anomalies
         self.synthesis_seed = int(synthesis_seed)
         self._draws = 0
         self._synthesis_takes_foreground = synthesis is not None and (
@@ -157,18 +173,33 @@ class AnomalyDataset(Dataset):
         # One file keeps its plain-path cache key; several are cached as one merged entry keyed by all of them.
         return self.cache.get(files[0] if len(files) == 1 else files, variant, self._decode_mask)
 
+    @property
+    def uses_foreground(self) -> bool:
+        """True when items carry a foreground mask (``foreground`` or a category's rule)."""
+        return self.foreground is not None or self.foreground_by_category is not None
+
+    def foreground_spec(self, index: int) -> dict[str, Any] | None:
+        """The ``foreground_mask`` arguments of sample ``index`` (its category's with ``foreground_by_category``)."""
+        if self.foreground_by_category is not None:
+            return self.foreground_by_category.get(str(self.samples[index].category))
+        return self.foreground
+
     def load_foreground(self, index: int) -> np.ndarray:
-        """Binary uint8 foreground mask [S, S] of the resized image (computed once, then cached)."""
+        """Binary uint8 foreground mask [S, S] of the resized image (computed once, then cached); all ones for a
+        sample whose category has no foreground rule (``foreground_by_category``)."""
         from kdad.data.synthesis import foreground_mask
 
-        assert self.foreground is not None
-        params = ",".join(f"{k}={v}" for k, v in sorted(self.foreground.items()))
+        spec = self.foreground_spec(index)
+        if spec is None:
+            assert self.foreground_by_category is not None
+            return np.ones((self.image_size, self.image_size), dtype=np.uint8)
+        params = ",".join(f"{k}={v}" for k, v in sorted(spec.items()))
         variant = f"foreground|{self.image_size}|{self.interpolation}|{params}"
         image = self.load_image(index)
         return self.cache.get(
             self.samples[index].image_path,
             variant,
-            lambda _path: foreground_mask(image, **self.foreground).astype(np.uint8),
+            lambda _path: foreground_mask(image, **spec).astype(np.uint8),
         )
 
     def _synthesise(self, index: int, image: np.ndarray) -> dict[str, torch.Tensor]:
@@ -177,7 +208,7 @@ class AnomalyDataset(Dataset):
         self._draws += 1
         out: dict[str, torch.Tensor] = {}
         kwargs: dict[str, Any] = {}
-        if self.foreground is not None:
+        if self.uses_foreground:
             foreground = self.load_foreground(index) > 0
             out["foreground"] = torch.from_numpy(foreground.astype(np.float32)[None])
             if self._synthesis_takes_foreground:
@@ -213,6 +244,8 @@ class AnomalyDataset(Dataset):
             "image_path": str(sample.image_path),
             "defect_type": sample.defect_type,
         }
+        if sample.category is not None:
+            item["category"] = sample.category
         if self.synthesis is not None:
             item.update(self._synthesise(index, np.ascontiguousarray(image)))
         return item
@@ -232,7 +265,7 @@ class AnomalyDataset(Dataset):
             try:
                 self.load_image(index)
                 self.load_mask(index)
-                if self.foreground is not None:
+                if self.uses_foreground:
                     self.load_foreground(index)
             except DatasetError as exc:
                 return exc

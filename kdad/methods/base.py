@@ -168,6 +168,11 @@ class AnomalyModule(L.LightningModule):
         self.thresholded_metrics: dict[str, float | int] = {}
         self._calibration: NormalScoreCalibrator | AnomalyMetrics | None = None
         self._calibration_masks_complete = True
+        # Tests of several categories (batches carrying ``category``; unified training): per category.
+        self.category_metrics: dict[str, dict[str, float]] = {}
+        self.category_thresholds: dict[str, Thresholds] = {}
+        self.category_thresholded: dict[str, dict[str, float | int]] = {}
+        self._category_calibration: dict[str, NormalScoreCalibrator | AnomalyMetrics] = {}
         self._test_units: dict[str, str] = {}
         self._reset_eval_state()
 
@@ -216,12 +221,22 @@ class AnomalyModule(L.LightningModule):
         self._reset_eval_state()
 
     # ---------------------------------------------------------------- test
+    # One Evaluation per evaluated set: the whole test set, or with batches that carry ``category`` (unified training
+    # over several categories, kdad.data.unified) one per category, each with its own metrics and thresholds.
+    @property
+    def _metrics(self) -> AnomalyMetrics:
+        """The main map's accumulator over every image evaluated (validation selection, single-category tests)."""
+        return self._evaluation.metrics
+
+    @property
+    def _all_anomalies_have_masks(self) -> bool:
+        return self._evaluation.masks_complete
+
     def _reset_eval_state(self) -> None:
-        self._metrics = AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
-        self._auxiliary_metrics: dict[str, AnomalyMetrics] = {}
-        # The data module's defect groups, {group: (defect types, metrics)}, evaluated apart at test time only.
-        self._group_metrics: dict[str, tuple[frozenset[str], AnomalyMetrics]] = {}
-        self._all_anomalies_have_masks = True
+        self._evaluation = Evaluation(self.aupro_limit)
+        self._category_evaluations: dict[str, Evaluation] = {}
+        # The data module's defect groups {group: defect types}, evaluated apart at test time only.
+        self._defect_groups: dict[str, tuple[str, ...]] = {}
         self._seen = 0
         self._overlay_indices: set[int] = set()
 
@@ -229,14 +244,12 @@ class AnomalyModule(L.LightningModule):
         self._reset_eval_state()
         self.test_records = []
         self.overlay_samples = []
+        self.category_metrics = {}
         # What the benchmark asks to evaluate besides the whole test set (kdad.data.AnomalyDataModule): groups of
         # defect types with the normal images (MVTec LOCO AD), and units of several images (Real-IAD's samples).
         datamodule = getattr(self.trainer, "datamodule", None)
-        groups = getattr(datamodule, "defect_groups", None) or {}
-        self._group_metrics = {
-            name: (frozenset(types), AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit))
-            for name, types in groups.items()
-        }
+        self._defect_groups = {k: tuple(v) for k, v in (getattr(datamodule, "defect_groups", None) or {}).items()}
+        self._evaluation = Evaluation(self.aupro_limit, self._defect_groups)
         self._test_units = dict(datamodule.test_units()) if hasattr(datamodule, "test_units") else {}
         loaders = self.trainer.test_dataloaders
         loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
@@ -250,31 +263,40 @@ class AnomalyModule(L.LightningModule):
 
     def _evaluate_batch(self, batch: dict, keep_samples: bool) -> None:
         output: AnomalyOutput = self.model(batch["image"])
-        scores = output.score.float()
-        maps = output.anomaly_map.float()
+        output = AnomalyOutput(
+            output.score.float(),
+            output.anomaly_map.float(),
+            {name: (s.float(), m.float()) for name, (s, m) in output.auxiliary.items()},
+        )
         labels, masks, has_mask = ground_truth(batch)
-        if not anomalies_have_masks(labels, has_mask):
-            self._all_anomalies_have_masks = False
-        self._metrics.update(scores, labels, maps, masks)
-        for name, (aux_score, aux_map) in output.auxiliary.items():
-            if name not in self._auxiliary_metrics:
-                self._auxiliary_metrics[name] = AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
-            self._auxiliary_metrics[name].update(aux_score.float(), labels, aux_map.float(), masks)
-        for types, accumulator in self._group_metrics.values():
-            members = group_members(labels, batch["defect_type"], types)
-            if members.numel():
-                accumulator.update(scores[members], labels[members], maps[members], masks[members])
+        categories = batch.get("category")
+        if keep_samples and categories is not None:
+            # A test of several categories: each evaluated on its own (validation selects on all images pooled).
+            for category, members in category_members(categories, labels.device).items():
+                if category not in self._category_evaluations:
+                    self._category_evaluations[category] = Evaluation(self.aupro_limit, self._defect_groups)
+                self._category_evaluations[category].update(
+                    select(output, members),
+                    labels[members],
+                    masks[members],
+                    has_mask[members],
+                    [batch["defect_type"][i] for i in members.tolist()],
+                )
+        else:
+            self._evaluation.update(output, labels, masks, has_mask, batch.get("defect_type"))
         if keep_samples:
-            self._keep_samples(batch, scores, maps, masks, has_mask)
+            self._keep_samples(batch, output.score, output.anomaly_map, masks, has_mask)
         self._seen += labels.shape[0]
 
     def _keep_samples(self, batch: dict, scores: Tensor, maps: Tensor, masks: Tensor, has_mask: Tensor) -> None:
+        categories = batch.get("category")
         for i in range(scores.shape[0]):
             record = TestRecord(
                 image_path=str(batch["image_path"][i]),
                 defect_type=str(batch["defect_type"][i]),
                 label=int(batch["label"][i]),
                 score=float(scores[i]),
+                category=None if categories is None else str(categories[i]),
             )
             self.test_records.append(record)
             if self._seen + i in self._overlay_indices:
@@ -288,25 +310,30 @@ class AnomalyModule(L.LightningModule):
                 )
 
     def _compute_all(self) -> dict[str, float]:
-        metrics = dict(self._metrics.compute())
-        for name, accumulator in self._auxiliary_metrics.items():
-            metrics.update({f"{name}/{k}": v for k, v in accumulator.compute().items()})
-        for name, (_, accumulator) in self._group_metrics.items():
-            metrics.update({f"{name}/{k}": v for k, v in accumulator.compute().items()})
-        if self._test_units and self.test_records:
-            metrics.update(unit_metrics(self.test_records, self._test_units))
-        return metrics
+        return self._evaluation.compute(self.test_records, self._test_units)
+
+    @property
+    def unified(self) -> bool:
+        """True after a test whose images carried their category (several categories, one model)."""
+        return bool(self._category_evaluations)
 
     def on_test_epoch_end(self) -> None:
-        metrics = self._compute_all()
-        if not self._all_anomalies_have_masks:
-            # Pixel metrics over images without ground truth would count defects as normal pixels.
-            metrics = {k: v for k, v in metrics.items() if not k.split("/")[-1].startswith("pixel_")}
-        self.test_metrics = {k: float(v) for k, v in metrics.items()}
-        # Images the metrics saw: the test set's size when evaluation ran in one process (kdad.run checks it).
-        self.test_images_seen = self._metrics.n_images
+        if self.unified:
+            self.category_metrics = {
+                category: self._category_evaluations[category].compute(
+                    [r for r in self.test_records if r.category == category], self._test_units
+                )
+                for category in sorted(self._category_evaluations)
+            }
+            self.test_images_seen = sum(e.metrics.n_images for e in self._category_evaluations.values())
+        else:
+            self.test_metrics = self._compute_all()
+            # Images the metrics saw: the test set's size when evaluation ran in one process (kdad.run checks it).
+            self.test_images_seen = self._metrics.n_images
         if self.threshold_policy is not None:
             self._apply_thresholds()
+        if self.unified:
+            self.test_metrics = unified_metrics(self.category_metrics)
         loggable = {f"test/{k}": v for k, v in self.test_metrics.items() if math.isfinite(v)}
         if loggable:
             self.log_dict(loggable)
@@ -324,7 +351,9 @@ class AnomalyModule(L.LightningModule):
         which is what a deployment can do. ``f1_val`` fits the F1-optimal threshold on a labelled folder the
         user provides (anomalib's scheme on real validation data), ``f1_test`` on the test set (benchmark tables
         only, recorded as optimistic), ``manual`` takes ``image`` (required) and ``pixel`` as given. The
-        calibration runs at test start with the tested weights.
+        calibration runs at test start with the tested weights. A test of several categories (unified training)
+        gets one set of thresholds per category, each calibrated on that category's images only
+        (``category_thresholds``).
         """
         check_choice(policy, THRESHOLD_POLICIES, "threshold.policy")
         if policy == "manual" and image is None:
@@ -339,7 +368,10 @@ class AnomalyModule(L.LightningModule):
     def on_test_start(self) -> None:
         self.thresholds = None
         self.thresholded_metrics = {}
+        self.category_thresholds = {}
+        self.category_thresholded = {}
         self._calibration = None
+        self._category_calibration = {}
         if self.threshold_policy not in ("normal_quantile", "f1_val"):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -352,58 +384,93 @@ class AnomalyModule(L.LightningModule):
             )
         self._calibrate(loader)
 
+    def _new_calibration(self) -> NormalScoreCalibrator | AnomalyMetrics:
+        if self.threshold_policy == "normal_quantile":
+            return NormalScoreCalibrator(pixel=True)
+        return AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
+
     def _calibrate(self, loader: Iterable[dict]) -> None:
-        """Run the tested weights over the calibration images and keep what the thresholds need."""
+        """Run the tested weights over the calibration images and keep what the thresholds need (per category when
+        the batches carry one)."""
         quantile = self.threshold_policy == "normal_quantile"
-        calibration = (
-            NormalScoreCalibrator(pixel=True) if quantile else AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
-        )
+        calibration = self._new_calibration()
         self._calibration_masks_complete = True
+        self._category_calibration = {}
         with torch.no_grad(), self.trainer.strategy.precision_plugin.forward_context():
             for batch in loader:
                 output: AnomalyOutput = self.model(batch["image"].to(self.device))
                 scores, maps = output.score.float(), output.anomaly_map.float()
-                if quantile:
-                    if bool((batch["label"] != 0).any()):
-                        raise ValueError("normal_quantile calibration images must all be normal (label 0)")
-                    calibration.update(scores, maps)
-                    continue
                 labels, masks, has_mask = ground_truth(batch)
-                if not anomalies_have_masks(labels, has_mask):
+                if quantile and bool((labels != 0).any()):
+                    raise ValueError("normal_quantile calibration images must all be normal (label 0)")
+                if not quantile and not anomalies_have_masks(labels, has_mask):
                     self._calibration_masks_complete = False
-                calibration.update(scores, labels.to(scores.device), maps, masks.to(maps.device))
+                parts = {None: None} if "category" not in batch else category_members(batch["category"], scores.device)
+                for category, members in parts.items():
+                    if category is None:
+                        target = calibration
+                    else:
+                        target = self._category_calibration.setdefault(category, self._new_calibration())
+                    s, m = (scores, maps) if members is None else (scores[members], maps[members])
+                    if quantile:
+                        target.update(s, m)
+                        continue
+                    index = slice(None) if members is None else members.cpu()
+                    target.update(s, labels[index].to(s.device), m, masks[index].to(m.device))
         self._calibration = calibration
 
-    def _compute_thresholds(self) -> Thresholds:
+    def _compute_thresholds(self, category: str | None = None) -> Thresholds:
+        """The thresholds of the configured policy: of the whole test set, or of one ``category``."""
         policy = self.threshold_policy
-        if policy == "normal_quantile":
-            assert isinstance(self._calibration, NormalScoreCalibrator)
-            return self._calibration.compute(self.threshold_fpr)
-        if policy == "f1_val":
-            assert isinstance(self._calibration, AnomalyMetrics)
-            found = self._calibration.f1_thresholds("f1_val")
+        evaluation = self._evaluation if category is None else self._category_evaluations[category]
+        if policy in ("normal_quantile", "f1_val"):
+            calibration = self._calibration if category is None else self._category_calibration.get(category)
+            if calibration is None:
+                raise ConfigError(
+                    f"threshold.policy={policy}: category '{category}' has no calibration images, so its thresholds "
+                    "cannot be calibrated (every category needs its own; see docs/thresholds.md)"
+                )
+            if policy == "normal_quantile":
+                assert isinstance(calibration, NormalScoreCalibrator)
+                return calibration.compute(self.threshold_fpr)
+            assert isinstance(calibration, AnomalyMetrics)
+            found = calibration.f1_thresholds("f1_val")
             return found if self._calibration_masks_complete else Thresholds(found.image)
         if policy == "f1_test":
-            found = self._metrics.f1_thresholds("f1_test")
-            return found if self._all_anomalies_have_masks else Thresholds(found.image)
+            found = evaluation.metrics.f1_thresholds("f1_test")
+            return found if evaluation.masks_complete else Thresholds(found.image)
         image, pixel = self.threshold_manual
         assert image is not None
         # The display range (normalised scores) of a manual threshold is the test scores' range.
-        scores = [r.score for r in self.test_records]
+        scores = [r.score for r in self.test_records if category is None or r.category == category]
         low, high = (min(scores), max(scores)) if scores else (None, None)
         return Thresholds(
             manual_threshold(image, "image", score_min=low, score_max=high),
             None if pixel is None else manual_threshold(pixel, "pixel"),
         )
 
+    def _thresholded(self, thresholds: Thresholds, evaluation: Evaluation) -> dict[str, float | int]:
+        pixel = thresholds.pixel
+        use_pixel = pixel is not None and evaluation.masks_complete
+        return dict(evaluation.metrics.thresholded(thresholds.image.value, pixel.value if use_pixel else None))
+
     def _apply_thresholds(self) -> None:
         """Thresholds of the configured policy, and the test set's figures at them: the full set (rates,
-        counts, thresholds) in ``thresholded_metrics``, the rates also in ``test_metrics``."""
+        counts, thresholds) in ``thresholded_metrics``, the rates also in ``test_metrics``. A test of several
+        categories: per category (``category_thresholds``, ``category_thresholded``, ``category_metrics``)."""
+        if self.unified:
+            for category, evaluation in sorted(self._category_evaluations.items()):
+                thresholds = self._compute_thresholds(category)
+                figures = self._thresholded(thresholds, evaluation)
+                self.category_thresholds[category] = thresholds
+                self.category_thresholded[category] = figures
+                self.category_metrics[category].update(
+                    {k: float(figures[k]) for k in THRESHOLDED_TABLE_KEYS if k in figures}
+                )
+            return
         self.thresholds = self._compute_thresholds()
-        pixel = self.thresholds.pixel
-        use_pixel = pixel is not None and self._all_anomalies_have_masks
-        figures = self._metrics.thresholded(self.thresholds.image.value, pixel.value if use_pixel else None)
-        self.thresholded_metrics = dict(figures)
+        figures = self._thresholded(self.thresholds, self._evaluation)
+        self.thresholded_metrics = figures
         self.test_metrics.update({k: float(figures[k]) for k in THRESHOLDED_TABLE_KEYS if k in figures})
 
     # ---------------------------------------------------------------- checkpoints
@@ -434,6 +501,10 @@ class AnomalyModule(L.LightningModule):
         if thresholds is not None:
             checkpoint["kdad"]["threshold_policy"] = self.threshold_policy
             checkpoint["kdad"]["thresholds"] = thresholds.to_dict()
+        by_category = getattr(self, "category_thresholds", None)
+        if by_category:
+            checkpoint["kdad"]["threshold_policy"] = self.threshold_policy
+            checkpoint["kdad"]["category_thresholds"] = {c: t.to_dict() for c, t in by_category.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         info = checkpoint.get("kdad", {})
@@ -453,6 +524,90 @@ class AnomalyModule(L.LightningModule):
             # Restore the frozen weights from this module, so the strict load below sees every key.
             for key, value in module.state_dict().items():
                 checkpoint["state_dict"].setdefault(f"{prefix}{key}", value)
+
+
+class Evaluation:
+    """The test-time accumulators of one evaluated set of images (the whole test set, or one category of a unified
+    test): the main map's metrics, each auxiliary map's, each defect group's, and whether every anomalous image has
+    its mask (pixel metrics are dropped otherwise: they would count defects as normal pixels)."""
+
+    def __init__(self, aupro_limit: float, groups: dict[str, tuple[str, ...]] | None = None) -> None:
+        self.aupro_limit = aupro_limit
+        self.metrics = AnomalyMetrics(pixel=True, aupro_limit=aupro_limit)
+        self.auxiliary: dict[str, AnomalyMetrics] = {}
+        self.groups = {
+            name: (frozenset(types), AnomalyMetrics(pixel=True, aupro_limit=aupro_limit))
+            for name, types in (groups or {}).items()
+        }
+        self.masks_complete = True
+
+    def update(
+        self,
+        output: AnomalyOutput,
+        labels: Tensor,
+        masks: Tensor,
+        has_mask: Tensor,
+        defect_types: Iterable[str] | None = None,
+    ) -> None:
+        scores, maps = output.score, output.anomaly_map
+        if not anomalies_have_masks(labels, has_mask):
+            self.masks_complete = False
+        self.metrics.update(scores, labels, maps, masks)
+        for name, (aux_score, aux_map) in output.auxiliary.items():
+            if name not in self.auxiliary:
+                self.auxiliary[name] = AnomalyMetrics(pixel=True, aupro_limit=self.aupro_limit)
+            self.auxiliary[name].update(aux_score, labels, aux_map, masks)
+        if self.groups and defect_types is not None:
+            defect_types = list(defect_types)
+            for types, accumulator in self.groups.values():
+                members = group_members(labels, defect_types, types)
+                if members.numel():
+                    accumulator.update(scores[members], labels[members], maps[members], masks[members])
+
+    def compute(self, records: Iterable[TestRecord] = (), units: dict[str, str] | None = None) -> dict[str, float]:
+        """Every metric (auxiliary maps as ``<name>/<metric>``, groups as ``<group>/<metric>``, units as
+        ``sample/<metric>`` over ``records``); pixel metrics only when every anomalous image had its mask."""
+        metrics = dict(self.metrics.compute())
+        for name, accumulator in self.auxiliary.items():
+            metrics.update({f"{name}/{k}": v for k, v in accumulator.compute().items()})
+        for name, (_, accumulator) in self.groups.items():
+            metrics.update({f"{name}/{k}": v for k, v in accumulator.compute().items()})
+        records = list(records)
+        if units and records:
+            metrics.update(unit_metrics(records, units))
+        if not self.masks_complete:
+            metrics = {k: v for k, v in metrics.items() if not k.split("/")[-1].startswith("pixel_")}
+        return {k: float(v) for k, v in metrics.items()}
+
+
+def category_members(categories: Iterable[str], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """``{category: indices of the batch's images of that category}``, in order of first appearance."""
+    found: dict[str, list[int]] = {}
+    for index, category in enumerate(categories):
+        found.setdefault(str(category), []).append(index)
+    return {c: torch.tensor(i, dtype=torch.long, device=device) for c, i in found.items()}
+
+
+def select(output: AnomalyOutput, index: Tensor) -> AnomalyOutput:
+    """The images ``index`` of an output (main and auxiliary pairs)."""
+    index = index.to(output.score.device)
+    return AnomalyOutput(
+        output.score[index],
+        output.anomaly_map[index],
+        {name: (s[index], m[index]) for name, (s, m) in output.auxiliary.items()},
+    )
+
+
+def unified_metrics(per_category: dict[str, dict[str, float]]) -> dict[str, float]:
+    """A unified test's ``test_metrics``: the mean over categories of every metric all categories have (a category
+    without a value, NaN, makes the mean NaN: a mean over some categories would not compare), then each category's
+    metrics as ``<category>/<metric>``."""
+    categories = list(per_category)
+    shared = [k for k in per_category[categories[0]] if all(k in per_category[c] for c in categories[1:])]
+    out = {k: float(np.mean([per_category[c][k] for c in categories])) for k in shared}
+    for category in categories:
+        out.update({f"{category}/{k}": v for k, v in per_category[category].items()})
+    return out
 
 
 def ground_truth(batch: dict) -> tuple[Tensor, Tensor, Tensor]:

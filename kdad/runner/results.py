@@ -133,16 +133,25 @@ def write_scores(
     """scores.csv: one row per test image with its raw score and, given the run's image threshold record
     (``Thresholds.image.to_dict()``), the display score ``normalized_score`` (threshold -> 0.5, anomalib's
     min-max scheme, :func:`kdad.deploy.postprocess.normalize_scores`) and the ``decision`` OK/NOK (NOK iff
-    score > threshold); both columns are empty without a threshold."""
+    score > threshold); both columns are empty without a threshold.
+
+    A unified run (records carrying their category) gets a ``category`` column first, and ``image_threshold`` is
+    ``{category: record}``: each image is decided with its own category's threshold."""
     path = run_dir / "scores.csv"
+    unified = any(r.category is not None for r in records)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image_path", "defect_type", "label", "score", "normalized_score", "decision"])
+        header = ["image_path", "defect_type", "label", "score", "normalized_score", "decision"]
+        writer.writerow(["category", *header] if unified else header)
         for r in records:
             extra = ["", ""]
-            if image_threshold is not None:
-                extra = [f"{normalize_scores(r.score, image_threshold):.6g}", decide(r.score, image_threshold["value"])]
-            writer.writerow([r.image_path, r.defect_type, r.label, f"{r.score:.6g}", *extra])
+            record = image_threshold
+            if unified and image_threshold is not None:
+                record = image_threshold.get(str(r.category))
+            if record is not None:
+                extra = [f"{normalize_scores(r.score, record):.6g}", decide(r.score, record["value"])]
+            row = [r.image_path, r.defect_type, r.label, f"{r.score:.6g}", *extra]
+            writer.writerow([r.category, *row] if unified else row)
     return path
 
 
@@ -163,9 +172,10 @@ def write_overlays(run_dir: Path, samples: Sequence[OverlaySample], records: Seq
     for index, sample in enumerate(samples):
         r = sample.record
         stem = Path(r.image_path).stem
-        caption = f"{r.defect_type}/{stem}  label={r.label}  score={r.score:.4f}"
+        where = r.defect_type if r.category is None else f"{r.category}_{r.defect_type}"
+        caption = f"{where.replace('_', '/', 1) if r.category else where}/{stem}  label={r.label}  score={r.score:.4f}"
         panel = overlay_panel(sample.image, sample.anomaly_map, sample.mask, vmin, vmax, caption)
-        path = folder / f"{index:02d}_{r.defect_type}_{stem}.png"
+        path = folder / f"{index:02d}_{where}_{stem}.png"
         cv2.imwrite(str(path), panel[..., ::-1])
         paths.append(path)
     return paths
@@ -176,6 +186,24 @@ def format_table(metrics: Mapping[str, float], title: str, threshold_policy: str
     labelled with ``threshold_policy`` (and as optimistic for ``f1_test``)."""
     rows = [f"| {metric_label(k, threshold_policy)} | {_fmt(v)} |" for k, v in metrics.items()]
     return "\n".join([f"### {title}", "", "| metric | value |", "|---|---|", *rows])
+
+
+def format_category_table(
+    per_category: Mapping[str, Mapping[str, Any]],
+    mean: Mapping[str, float],
+    title: str,
+    threshold_policy: str | None = None,
+) -> str:
+    """A unified run's table: a row per category and the mean over categories, a column per main-map metric
+    (auxiliary maps, defect groups and units stay in metrics.json as ``<category>/<name>/<metric>``)."""
+    keys = [k for k in mean if "/" not in k]
+    header = "| category | " + " | ".join(metric_label(k, threshold_policy) for k in keys) + " |"
+    rows = [
+        f"| {category} | " + " | ".join(_fmt(part["metrics"].get(k, math.nan)) for k in keys) + " |"
+        for category, part in per_category.items()
+    ]
+    rows.append("| **mean** | " + " | ".join(_fmt(mean[k]) for k in keys) + " |")
+    return "\n".join([f"### {title}", "", header, "|---" * (len(keys) + 1) + "|", *rows])
 
 
 def metric_label(key: str, threshold_policy: str | None = None) -> str:

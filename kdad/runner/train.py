@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from kdad.data.unified import build_datamodule
 from kdad.errors import ConfigError
 from kdad.methods.base import AnomalyModule
 from kdad.metrics import DEFAULT_FPR
@@ -37,6 +38,7 @@ from kdad.runner.results import (
     METRICS_NAME,
     OPTIMISTIC_THRESHOLD_POLICIES,
     TESTED_IN_MEMORY,
+    format_category_table,
     format_table,
     per_defect_scores,
     read_config,
@@ -76,7 +78,7 @@ def build_modules(cfg: DictConfig, verbose: bool = True) -> tuple[Any, AnomalyMo
     """Seeded data module and LightningModule of a run config, with the run's matmul precision and speed options."""
     L.seed_everything(cfg.seed, workers=True, verbose=verbose)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)  # data.unified=true: one module over the categories (kdad.data.unified)
     module: AnomalyModule = hydra.utils.instantiate(cfg.method)
     apply_speed(module, **(cfg.get("speed") or {}))
     return datamodule, module
@@ -103,9 +105,12 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 
 def _protocol(cfg: DictConfig, datamodule: Any, module: AnomalyModule, test_ckpt: str) -> dict[str, Any]:
     teacher = cfg.get("teacher") or {}
+    unified = bool(cfg.data.get("unified", False))
     return {
         "method": module.name,
-        "variant": cfg.get("variant") or module.name,
+        # a unified run's column in results tables stays apart from the same method's per-category runs
+        "variant": cfg.get("variant") or (f"{module.name} unified" if unified else module.name),
+        "unified": unified,
         "data": datamodule.describe(),
         "teacher": {"backbone": teacher.get("backbone"), "weights": teacher.get("weights")},
         "checkpoint_policy": cfg.checkpoint.policy,
@@ -242,8 +247,11 @@ def _show(value: Any) -> str:
 
 
 def _check_options(cfg: DictConfig) -> None:
-    if str(cfg.data.category) == ALL_CATEGORIES:
-        raise ConfigError("data.category=all runs one job per category: add -m (python -m kdad.run -m ...)")
+    if str(cfg.data.category) == ALL_CATEGORIES and not cfg.data.get("unified", False):
+        raise ConfigError(
+            "data.category=all runs one job per category: add -m (python -m kdad.run -m ...), or train one model "
+            "on all of them with data.unified=true"
+        )
     if not cfg.train and not cfg.ckpt_path:
         raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=/path/to/checkpoint.ckpt")
 
@@ -259,7 +267,11 @@ def results_report(summary: Mapping[str, Any], title: str, run_dir: Path) -> str
     policy = summary["checkpoint_policy"]
     note = summary.get("checkpoint_note") or CHECKPOINT_NOTES.get(policy, "")
     threshold_policy = summary.get("threshold_policy")
-    lines = [format_table(summary["metrics"], title, threshold_policy), f"checkpoint policy: {policy} ({note})"]
+    if summary.get("per_category"):
+        table = format_category_table(summary["per_category"], summary["metrics"], title, threshold_policy)
+    else:
+        table = format_table(summary["metrics"], title, threshold_policy)
+    lines = [table, f"checkpoint policy: {policy} ({note})"]
     lines += threshold_lines(summary)
     return "\n".join([*lines, f"run folder: {run_dir}"])
 
@@ -268,6 +280,17 @@ def threshold_lines(summary: Mapping[str, Any]) -> list[str]:
     """The threshold policy, the thresholds, and the estimate's caveat when it has one (few calibration images)."""
     policy = summary.get("threshold_policy")
     thresholds = summary.get("thresholds")
+    if policy and summary.get("per_category") and not thresholds:
+        note = summary.get("threshold_note") or THRESHOLD_NOTES.get(policy, "")
+        lines = [f"threshold policy: {policy} ({note}), per category (NOK iff score > its category's threshold):"]
+        for category, part in summary["per_category"].items():
+            values = [
+                f"{level} {record['value']:.6g}" for level, record in (part.get("thresholds") or {}).items() if record
+            ]
+            count = (part.get("thresholds") or {}).get("image", {}).get("n")
+            calibrated = f" ({count} normal images)" if policy == "normal_quantile" and count else ""
+            lines.append(f"  {category}: {', '.join(values)}{calibrated}")
+        return lines
     if not policy or not thresholds:
         return []
     note = summary.get("threshold_note") or THRESHOLD_NOTES.get(policy, "")
@@ -285,8 +308,12 @@ def threshold_lines(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _title(summary: Mapping[str, Any], cfg: DictConfig) -> str:
-    benchmark = (summary.get("data") or {}).get("benchmark", "")
-    return f"{summary['method']} on {benchmark}/{cfg.data.category}"
+    data = summary.get("data") or {}
+    if data.get("unified"):
+        return (
+            f"{summary['method']} unified on {data.get('benchmark', '')} ({len(data.get('categories', []))} categories)"
+        )
+    return f"{summary['method']} on {data.get('benchmark', '')}/{cfg.data.category}"
 
 
 def run(cfg: DictConfig, quiet: bool = False) -> dict[str, Any]:
@@ -347,7 +374,11 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary = _protocol(cfg, datamodule, module, test_ckpt or TESTED_IN_MEMORY)
     summary.update(
         metrics=module.test_metrics,
-        per_defect=per_defect_scores(module.test_records),
+        per_defect=per_defect_scores(module.test_records)
+        if not module.unified
+        else {
+            c: per_defect_scores([r for r in module.test_records if r.category == c]) for c in module.category_metrics
+        },
         epochs_trained=_epochs_trained(trainer, run_dir),
         train_seconds=round(train_seconds, 1),
         total_seconds=round(time.perf_counter() - started, 1),
@@ -356,8 +387,10 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if tester is not trainer:
         summary["test_devices"] = "one device, full test set (after multi-process training)"
     summary.update(_threshold_summary(module, datamodule))
+    if module.unified:
+        summary["per_category"] = _category_summary(module)
     _store_thresholds(run_dir, test_ckpt, module)
-    write_scores(run_dir, module.test_records, module.thresholds.image.to_dict() if module.thresholds else None)
+    write_scores(run_dir, module.test_records, _image_threshold_records(module))
     overlays = write_overlays(run_dir, module.overlay_samples, module.test_records)
     _save_review_cases(cfg, run_dir, module, datamodule, tester)
     _log_results(logger, summary, overlays)
@@ -379,8 +412,47 @@ def _configure_thresholds(cfg: DictConfig, module: AnomalyModule) -> None:
     )
 
 
+def _image_threshold_records(module: AnomalyModule) -> Any:
+    """scores.csv's image thresholds: the run's record, ``{category: record}`` for a unified run, or None."""
+    if module.category_thresholds:
+        return {c: t.image.to_dict() for c, t in module.category_thresholds.items()}
+    return module.thresholds.image.to_dict() if module.thresholds else None
+
+
+def _category_summary(module: AnomalyModule) -> dict[str, Any]:
+    """metrics.json's ``per_category`` of a unified run: each category's metrics (unprefixed), test images and, with
+    thresholds, its thresholds and the figures at them."""
+    out: dict[str, Any] = {}
+    for category, metrics in module.category_metrics.items():
+        part: dict[str, Any] = {
+            "metrics": metrics,
+            "test_images": sum(1 for r in module.test_records if r.category == category),
+        }
+        thresholds = module.category_thresholds.get(category)
+        if thresholds is not None:
+            part["thresholds"] = thresholds.to_dict()
+            part["thresholded"] = module.category_thresholded.get(category, {})
+        out[category] = part
+    return out
+
+
 def _threshold_summary(module: AnomalyModule, datamodule: Any) -> dict[str, Any]:
-    """The metrics.json entries of the decision thresholds: policy, records, figures and calibration data."""
+    """The metrics.json entries of the decision thresholds: policy, records, figures and calibration data (a unified
+    run's thresholds are per category, in ``per_category``)."""
+    if module.category_thresholds:
+        policy = module.threshold_policy
+        out = {
+            "threshold_policy": policy,
+            "threshold_note": THRESHOLD_NOTES[policy],
+            "threshold_optimistic": policy in OPTIMISTIC_THRESHOLD_POLICIES,
+            "thresholds_per_category": True,
+        }
+        if policy in ("normal_quantile", "f1_val"):
+            out["threshold_calibration"] = {
+                "source": getattr(datamodule, "calibration_source", None),
+                "images": {c: t.image.n_images for c, t in module.category_thresholds.items()},
+            }
+        return out
     if module.thresholds is None:
         return {}
     policy = module.threshold_policy
@@ -404,14 +476,21 @@ def _store_thresholds(run_dir: Path, test_ckpt: str | None, module: AnomalyModul
     memory after training were tested), in place and atomically; a checkpoint outside the run folder (train=false
     with another run's ckpt_path) is left as it is. The file is updated rather than re-saved by the trainer, so
     its training state (resuming) stays exactly what training wrote."""
-    if module.thresholds is None:
+    if module.thresholds is None and not module.category_thresholds:
         return None
     path = Path(test_ckpt) if test_ckpt else resume_checkpoint(run_dir)
     if path is None or not path.is_file() or run_dir.resolve() not in path.resolve().parents:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     info = state.setdefault("kdad", {})
-    info.update(threshold_policy=module.threshold_policy, thresholds=module.thresholds.to_dict())
+    if module.category_thresholds:  # a unified run: one set per category, chosen by each image's category
+        info.pop("thresholds", None)
+        info.update(
+            threshold_policy=module.threshold_policy,
+            category_thresholds={c: t.to_dict() for c, t in module.category_thresholds.items()},
+        )
+    else:
+        info.update(threshold_policy=module.threshold_policy, thresholds=module.thresholds.to_dict())
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -523,6 +602,13 @@ def _log_results(logger: Logger | bool, summary: dict[str, Any], overlays: list[
         run.summary[f"test/{key}"] = value
     run.summary["checkpoint_policy"] = summary["checkpoint_policy"]
     metrics = summary["metrics"]
-    logger.log_table(key="test/results", columns=list(metrics), data=[[metrics[k] for k in metrics]])
+    per_category = summary.get("per_category")
+    if per_category:  # a unified run: a row per category and the mean (summary keys test/<category>/<metric>)
+        columns = [k for k in metrics if "/" not in k]
+        rows = [[c, *(part["metrics"].get(k) for k in columns)] for c, part in per_category.items()]
+        rows.append(["mean", *(metrics[k] for k in columns)])
+        logger.log_table(key="test/results", columns=["category", *columns], data=rows)
+    else:
+        logger.log_table(key="test/results", columns=list(metrics), data=[[metrics[k] for k in metrics]])
     if overlays:
         logger.log_image(key="test/overlays", images=[str(p) for p in overlays], caption=[p.stem for p in overlays])
