@@ -48,7 +48,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import onnx
 import torch
@@ -57,6 +56,7 @@ from torch.overrides import TorchFunctionMode
 
 from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD
 from kdad.data.dataset import normalize
+from kdad.data.unified import build_datamodule
 from kdad.deploy.errors import DeployError
 from kdad.deploy.inferencer import load_inferencer
 from kdad.deploy.metadata import (
@@ -196,7 +196,7 @@ def check_batch(trained: TrainedRun, count: int, size: int, interpolation: str) 
     """
     reasons = []
     try:
-        datamodule = hydra.utils.instantiate(trained.config.data)
+        datamodule = build_datamodule(trained.config.data)
     except Exception as exc:  # the data may live on another machine: any failure falls back to noise images
         datamodule, reasons = None, [_reason(exc)]
     for split in ("test", "train") if datamodule is not None else ():
@@ -445,6 +445,9 @@ def build_metadata(
         interpolation=interpolation,
         normalization=Normalization(mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), applied_in_graph=True),
         thresholds=metadata_thresholds(trained.thresholds),
+        category_thresholds=None
+        if not trained.category_thresholds
+        else {c: metadata_thresholds(t) for c, t in trained.category_thresholds.items()},
         export_check=export_check or {},
         opset=written["opset"],
         extra={

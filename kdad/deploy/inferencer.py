@@ -73,20 +73,30 @@ class Inferencer(ABC):
         batch = np.stack(resized).astype(np.float32) / np.float32(255.0)
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
-    def predict_batch(self, rgb_list: Sequence[np.ndarray]) -> list[Prediction]:
-        """One Prediction per RGB uint8 [H, W, 3] image; the images may have different sizes."""
+    def predict_batch(
+        self, rgb_list: Sequence[np.ndarray], categories: Sequence[str | None] | None = None
+    ) -> list[Prediction]:
+        """One Prediction per RGB uint8 [H, W, 3] image; the images may have different sizes. ``categories``: each
+        image's category, needed by a unified export (thresholds per category, ``metadata.categories``)."""
         if len(rgb_list) == 0:
             return []
         for index, rgb in enumerate(rgb_list):
             check_rgb_array(rgb, f"image {index}")
+        if categories is not None and len(categories) != len(rgb_list):
+            raise ValueError(f"{len(categories)} categories for {len(rgb_list)} images")
+        names = list(categories) if categories is not None else [None] * len(rgb_list)
+        records = [self.metadata.threshold_records(name) for name in names]  # before inference: a missing category
         scores, maps = self._outputs(self.preprocess(rgb_list), len(rgb_list))
         return [
-            self._predict_one(float(score), amap, rgb.shape[:2])
-            for score, amap, rgb in zip(scores, maps, rgb_list, strict=True)
+            make_prediction(float(score), amap, rgb.shape[:2], *record)
+            for score, amap, rgb, record in zip(scores, maps, rgb_list, records, strict=True)
         ]
 
-    def predict_paths(self, paths: Iterable[Path | str], batch_size: int = 8) -> list[Prediction]:
-        """Predictions for image files, decoded like training (kdad.imaging.read_rgb), ``batch_size`` at a time.
+    def predict_paths(
+        self, paths: Iterable[Path | str], batch_size: int = 8, category: str | None = None
+    ) -> list[Prediction]:
+        """Predictions for image files, decoded like training (kdad.imaging.read_rgb), ``batch_size`` at a time;
+        ``category``: the images' category (a unified export's thresholds per category).
 
         An unreadable file raises kdad.imaging.ImageReadError naming it.
         """
@@ -95,16 +105,20 @@ class Inferencer(ABC):
         paths = list(paths)
         predictions: list[Prediction] = []
         for start in range(0, len(paths), batch_size):
-            predictions += self.predict_batch([read_rgb(path) for path in paths[start : start + batch_size]])
+            chunk = [read_rgb(path) for path in paths[start : start + batch_size]]
+            predictions += self.predict_batch(chunk, None if category is None else [category] * len(chunk))
         return predictions
 
-    def overlay(self, rgb: np.ndarray, prediction: Prediction, alpha: float = 0.4) -> np.ndarray:
-        """uint8 RGB heat-map overlay of a prediction on its image, coloured over the threshold record's range.
+    def overlay(
+        self, rgb: np.ndarray, prediction: Prediction, alpha: float = 0.4, category: str | None = None
+    ) -> np.ndarray:
+        """uint8 RGB heat-map overlay of a prediction on its image, coloured over the threshold record's range
+        (``category``'s for a unified export).
 
         Without thresholds there is no reference range: the colours then span the map's own range (per image).
         """
-        metadata = self.metadata
-        span = display_range(prediction.anomaly_map, metadata.image_threshold, metadata.pixel_threshold)
+        image_record, pixel_record = self.metadata.threshold_records(category)
+        span = display_range(prediction.anomaly_map, image_record, pixel_record)
         return overlay(rgb, prediction.anomaly_map, prediction.mask, span, alpha)
 
     def _outputs(self, batch: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +135,6 @@ class Inferencer(ABC):
                 f"expected ({count},) and ({count}, {size}, {size}) from metadata.json; re-export the run."
             )
         return scores, maps
-
-    def _predict_one(self, score: float, anomaly_map: np.ndarray, size: tuple[int, int]) -> Prediction:
-        return make_prediction(score, anomaly_map, size, self.metadata.image_threshold, self.metadata.pixel_threshold)
 
     def _check_signature(self) -> None:
         inputs, outputs = self._signature()

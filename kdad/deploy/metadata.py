@@ -33,6 +33,12 @@ Threshold records need ``value``, ``policy``, ``score_min``, ``score_max``; othe
 none configured): the model gives raw scores and maps only, so predictions carry no OK/NOK decision, no
 normalised score and no mask.
 Unknown top-level keys are kept in ``extra`` and written back, so a round trip loses nothing.
+
+A unified run (one model for several categories, ``data.unified=true``) has one set of thresholds per category:
+``"thresholds": null`` and ``"category_thresholds": {"<category>": {"image": {...}, "pixel": {...} or null}, ...}``
+(optional key, absent for a one-category run). Its predictions need the image's category
+(``Inferencer.predict_batch(images, categories=...)``; ``python -m kdad.predict`` takes ``category=`` or infers it
+from the path).
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ _FIELDS = (
     "thresholds",
     "export_check",
     "created",
+    "category_thresholds",
 )
 
 
@@ -120,6 +127,27 @@ class Metadata:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    category_thresholds: dict[str, dict[str, dict[str, Any] | None]] | None = None
+
+    @property
+    def categories(self) -> list[str] | None:
+        """A unified export's categories (each with its thresholds), or None."""
+        return None if self.category_thresholds is None else list(self.category_thresholds)
+
+    def threshold_records(self, category: str | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(image, pixel) threshold records: the export's, or for a unified export ``category``'s (MetadataError when
+        the category is missing or unknown)."""
+        if self.category_thresholds is None:
+            return self.image_threshold, self.pixel_threshold
+        if category is None or category not in self.category_thresholds:
+            known = ", ".join(self.category_thresholds)
+            what = "no category" if category is None else f"unknown category '{category}'"
+            raise MetadataError(
+                f"this model was trained on several categories ({known}) with thresholds per category: {what} given; "
+                "pass each image's category"
+            )
+        records = self.category_thresholds[category]
+        return records["image"], records.get("pixel")
 
     @property
     def image_threshold(self) -> dict[str, Any] | None:
@@ -156,6 +184,10 @@ class Metadata:
             "export_check": self.export_check,
             "created": self.created,
         }
+        if self.category_thresholds is not None:
+            data["category_thresholds"] = {
+                c: {"image": t.get("image"), "pixel": t.get("pixel")} for c, t in self.category_thresholds.items()
+            }
         data.update(self.extra)
         return data
 
@@ -211,6 +243,7 @@ class Metadata:
             export_check=reader.typed(data, "export_check", dict, "an object"),
             created=reader.timestamp(data, "created"),
             extra={key: value for key, value in data.items() if key not in _FIELDS},
+            category_thresholds=reader.category_thresholds(data),
         )
 
 
@@ -345,6 +378,14 @@ class _Reader:
         image = self.threshold(thresholds, "image")
         pixel = None if self.get(thresholds, "pixel", "thresholds.") is None else self.threshold(thresholds, "pixel")
         return {"image": image, "pixel": pixel}
+
+    def category_thresholds(self, data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any] | None]] | None:
+        if data.get("category_thresholds") is None:
+            return None
+        table = self.typed(data, "category_thresholds", dict, "an object of categories")
+        if not table:
+            raise self.fail("category_thresholds", "must name at least one category")
+        return {str(category): self.thresholds({"thresholds": records}) for category, records in table.items()}
 
     def timestamp(self, data: dict[str, Any], key: str) -> str:
         value = self.string(data, key)

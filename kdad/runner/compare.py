@@ -19,6 +19,11 @@ p-value per metric (``kdad.metrics.paired``), in the markdown and in ``<spec>.pa
 A variant may instead be a view on another variant's runs, e.g. the auxiliary map a method reports as
 ``stage1/<metric>``: ``AAND stage I: {of: AAND, prefix: stage1}`` (no extra training).
 
+A variant whose overrides hold ``data.unified=true`` trains ONE model per seed on all the spec's categories
+(``data.category=[c1,c2,...]``, kdad.data.unified) instead of one per category; its run's per-category results
+become that variant's rows, so they line up, category by category and seed by seed, with one-model-per-category
+variants (paired comparisons included): ``RD unified: [method=rd, data.unified=true]``.
+
 Every run lands in ``runs/compare/<spec>/<variant>/...`` (the usual run folder, so finished runs are reused
 and interrupted ones resume), and the table goes to ``docs/results/<spec>.md`` (+ .csv, .json).
 ``--seeds``, ``--categories`` and ``--set key=value`` (extra overrides) make quick local checks easy.
@@ -38,7 +43,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from kdad.runner.report import DEFAULT_METRICS, load_run, write_outputs
+from kdad.runner.report import DEFAULT_METRICS, load_runs, write_outputs
 from kdad.runner.train import run
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -60,6 +65,14 @@ def compose_run_config(overrides: Sequence[str]):
     return cfg
 
 
+def is_unified(overrides: Sequence[str]) -> bool:
+    """True when the last ``data.unified=`` among ``overrides`` switches unified training on."""
+    values = [
+        o.split("=", 1)[1].strip().lower() for o in overrides if o.split("=", 1)[0].lstrip("+~") == "data.unified"
+    ]
+    return bool(values) and values[-1] == "true"
+
+
 def run_comparison(
     spec_name: str,
     seeds: Sequence[int] | None = None,
@@ -74,14 +87,22 @@ def run_comparison(
     categories = list(categories if categories is not None else spec.categories)
     metrics = list(spec.get("metrics", DEFAULT_METRICS))
     results = []
-    total = len(spec.variants) * len(categories) * len(seeds)
+    plans = {}
+    for variant, overrides in spec.variants.items():
+        source = overrides.of if OmegaConf.is_dict(overrides) else variant
+        unified = is_unified([*spec.common, *spec.variants[source], *extra])
+        # one run per (category, seed), or for a unified variant one run per seed over every category
+        plans[variant] = (
+            [[f"data.category=[{','.join(categories)}]"]] if unified else [[f"data.category={c}"] for c in categories]
+        )
+    total = sum(len(jobs) for jobs in plans.values()) * len(seeds)
     done = 0
     for variant, overrides in spec.variants.items():
         source, prefix = variant, None
         if OmegaConf.is_dict(overrides):  # a view on another variant's runs: {of: <variant>, prefix: <name>}
             source, prefix = overrides.of, overrides.prefix
             overrides = spec.variants[source]
-        for category in categories:
+        for job in plans[variant]:
             for seed in seeds:
                 done += 1
                 started = time.perf_counter()
@@ -90,19 +111,22 @@ def run_comparison(
                         *spec.common,
                         *overrides,
                         *extra,
-                        f"data.category={category}",
+                        *job,
                         f"seed={seed}",
                         f"tag=compare/{spec_name}/{slug(source)}",
                         f"variant='{source}'",
                     ]
                 )
                 run(cfg, quiet=True)
-                result = load_run(Path(cfg.run_dir) / "metrics.json", column=variant)
-                if prefix is not None:
-                    view = {k[len(prefix) + 1 :]: v for k, v in result.metrics.items() if k.startswith(f"{prefix}/")}
-                    result = dataclasses.replace(result, metrics=view)
-                results.append(result)
-                print(f"[{done}/{total}] {variant} / {category} / seed {seed}: {time.perf_counter() - started:.0f}s")
+                for result in load_runs(Path(cfg.run_dir) / "metrics.json", column=variant):
+                    if prefix is not None:
+                        view = {
+                            k[len(prefix) + 1 :]: v for k, v in result.metrics.items() if k.startswith(f"{prefix}/")
+                        }
+                        result = dataclasses.replace(result, metrics=view)
+                    results.append(result)
+                what = job[0].split("=", 1)[1]
+                print(f"[{done}/{total}] {variant} / {what} / seed {seed}: {time.perf_counter() - started:.0f}s")
     title = f"{spec.title} — {spec.get('budget', '')}".strip(" —")
     out = out or Path("docs/results") / spec_name
     write_outputs(results, out, metrics, title, spec.get("baseline"))

@@ -27,6 +27,12 @@ What kdad decided:
   mean/std, bit-identical to the test loader) and ``torch.inference_mode``. ``backend=onnx|openvino`` runs
   ``<run>/exported/<format>/`` through ``kdad.deploy.inferencer.load_inferencer`` and does not import torch;
   both backends write the same CSV up to float rounding (tests/test_predict.py).
+* A unified run (one model for several categories, ``data.unified=true``) decides each image with its own
+  category's thresholds. ``category=<name>`` gives the category of every input; without it, each image's category
+  is inferred from its path: the deepest folder of the path (resolved, file name excluded) named like one of the
+  run's categories (``data/mvtec/bottle/test/good/000.png`` -> ``bottle``). An input whose category neither says
+  stops the command before anything is predicted (exit 2), naming the images and the run's categories.
+  predictions.csv then has a ``category`` column after ``path``.
 * A run without stored thresholds (older runs) gets scores only: empty ``decision`` and ``normalized_score``, no
   masks, and one warning; its overlays spread each map over its own (min, max), as ``Inferencer.overlay`` does,
   so they show where a map is highest but their colours do not compare across images.
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import glob
 import logging
 import math
@@ -103,10 +110,12 @@ class PredictError(UserError):
 
 @dataclass(frozen=True)
 class InputImage:
-    """One file to predict: ``path`` as found, ``relative`` its path below the input (names its output files)."""
+    """One file to predict: ``path`` as found, ``relative`` its path below the input (names its output files);
+    ``category``: its category, for a unified run."""
 
     path: Path
     relative: PurePath
+    category: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,22 @@ class Records:
 
     image: Mapping[str, Any] | None
     pixel: Mapping[str, Any] | None
+
+
+def category_records(table: Mapping[str, Mapping[str, Any] | None] | None) -> dict[str, Records] | None:
+    """A unified run's ``{category: {"image", "pixel"}}`` threshold records as Records, or None."""
+    if not table:
+        return None
+    return {c: Records(t["image"], t.get("pixel")) if t else Records(None, None) for c, t in table.items()}
+
+
+def image_category(path: Path, categories: Sequence[str]) -> str | None:
+    """The category of an input of a unified run: the deepest folder of its resolved path named like a category."""
+    known = set(categories)
+    for part in reversed(path.resolve().parent.parts):
+        if part in known:
+            return part
+    return None
 
 
 def postprocess(score: float, model_map: np.ndarray, size: tuple[int, int], records: Records) -> Prediction:
@@ -135,10 +160,14 @@ class Backend(Protocol):
     name: str
     run_dir: Path
     records: Records
+    #: a unified run's records per category (each image decided with its category's), else None
+    category_records: dict[str, Records] | None
 
     def prepare(self, rgb: np.ndarray) -> Any: ...
 
-    def forward(self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any]) -> list[Finisher]: ...
+    def forward(
+        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records]
+    ) -> list[Finisher]: ...
 
 
 class TorchBackend:
@@ -169,20 +198,27 @@ class TorchBackend:
         # as both ends), so both backends normalise alike
         records = metadata_thresholds(trained.thresholds)
         self.records = Records(None, None) if records is None else Records(records["image"], records["pixel"])
+        self.category_records = category_records(
+            None
+            if not trained.category_thresholds
+            else {c: metadata_thresholds(t) for c, t in trained.category_thresholds.items()}
+        )
 
     def prepare(self, rgb: np.ndarray) -> Any:
         """float32 tensor [3, S, S]: resized with the run's interpolation, /255 and ImageNet-normalised."""
         return self._normalize(resize_rgb(rgb, self.image_size, self.interpolation))
 
-    def forward(self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any]) -> list[Finisher]:
+    def forward(
+        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records]
+    ) -> list[Finisher]:
         torch = self._torch
         with torch.inference_mode():
             output = self.model(torch.stack(list(prepared)).to(self.device))
             scores = output.score.float().cpu().numpy()
             maps = output.anomaly_map.float().cpu().numpy()
         return [
-            partial(postprocess, float(score), amap, rgb.shape[:2], self.records)
-            for score, amap, rgb in zip(scores, maps, rgbs, strict=True)
+            partial(postprocess, float(score), amap, rgb.shape[:2], record)
+            for score, amap, rgb, record in zip(scores, maps, rgbs, records, strict=True)
         ]
 
 
@@ -206,12 +242,19 @@ class ExportBackend:
             raise PredictError(str(exc)) from exc
         metadata = self.inferencer.metadata
         self.records = Records(image=metadata.image_threshold, pixel=metadata.pixel_threshold)
+        self.category_records = category_records(metadata.category_thresholds)
 
     def prepare(self, rgb: np.ndarray) -> Any:
         return None  # the inferencer resizes in predict_batch (a no-op copy when the size already matches)
 
-    def forward(self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any]) -> list[Finisher]:
-        return [partial(_identity, p) for p in self.inferencer.predict_batch(list(rgbs))]
+    def forward(
+        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records]
+    ) -> list[Finisher]:
+        categories = None
+        if self.category_records is not None:
+            by_records = {id(r): c for c, r in self.category_records.items()}
+            categories = [by_records[id(r)] for r in records]
+        return [partial(_identity, p) for p in self.inferencer.predict_batch(list(rgbs), categories)]
 
 
 def _runtime_device(backend: str, device: str) -> str:
@@ -314,14 +357,15 @@ def default_output(run_dir: Path, spec: str) -> Path:
 class PredictionWriter:
     """predictions.csv (flushed per batch), failed.txt (opened at the first failure), masks/ and overlays/."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, unified: bool = False) -> None:
         self.output = output
         output.mkdir(parents=True, exist_ok=True)
         self.csv_path = output / CSV_NAME
         self.failed_path = output / FAILED_NAME
         self.failed_path.unlink(missing_ok=True)  # a previous command's list would mislead
         self._csv_file = self.csv_path.open("w", newline="", encoding="utf-8")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS)
+        columns = (CSV_COLUMNS[0], "category", *CSV_COLUMNS[1:]) if unified else CSV_COLUMNS
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=columns, extrasaction="ignore")
         self._csv.writeheader()
         self._csv_file.flush()
         self._failed_file: Any = None
@@ -378,6 +422,13 @@ def _load(image: InputImage, backend: Backend) -> Loaded:
     return Loaded(image, rgb, backend.prepare(rgb), seconds=time.perf_counter() - started)
 
 
+def _records(backend: Backend, image: InputImage) -> Records:
+    """The threshold records deciding ``image``: its category's for a unified run, else the run's."""
+    if backend.category_records is None:
+        return backend.records
+    return backend.category_records[str(image.category)]
+
+
 def _finish(loaded: Loaded, finisher: Finisher, writer: PredictionWriter, records: Records) -> dict[str, Any]:
     """The CSV row of a predicted image, after writing its mask and overlay."""
     started = time.perf_counter()
@@ -403,7 +454,7 @@ def _finish(loaded: Loaded, finisher: Finisher, writer: PredictionWriter, record
 
 
 def _row(image: InputImage, **values: Any) -> dict[str, Any]:
-    return {**dict.fromkeys(CSV_COLUMNS, ""), "path": str(image.path), **values}
+    return {**dict.fromkeys(CSV_COLUMNS, ""), "path": str(image.path), "category": image.category or "", **values}
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -496,11 +547,14 @@ def predict_images(
             finishing: dict[int, Future[dict[str, Any]]] = {}
             if readable:
                 forward_started = time.perf_counter()
-                finishers = backend.forward([item.rgb for item in readable], [item.prepared for item in readable])
+                records = [_records(backend, item.image) for item in readable]
+                finishers = backend.forward(
+                    [item.rgb for item in readable], [item.prepared for item in readable], records
+                )
                 summary.model_seconds += time.perf_counter() - forward_started
-                for item, finisher in zip(readable, finishers, strict=True):
+                for item, finisher, record in zip(readable, finishers, records, strict=True):
                     item.prepared = None  # the model input is no longer needed
-                    finishing[id(item)] = pool.submit(_finish, item, finisher, writer, backend.records)
+                    finishing[id(item)] = pool.submit(_finish, item, finisher, writer, record)
             write_pending()  # the previous batch, finished while this one ran through the model
             pending[:] = [(item, finishing.get(id(item))) for item in loaded]
         write_pending()
@@ -562,14 +616,15 @@ def predict(cfg: DictConfig, quiet: bool = False) -> PredictSummary:
     images = find_images(input_spec, exclude=output)  # an input without images fails before the model loads
     backend = load_backend(cfg)
     run_dir = backend.run_dir
+    images = assign_categories(images, backend, cfg.get("category"), run_dir)
     output = output if output is not None else default_output(run_dir, input_spec)  # a new folder: excludes nothing
-    has_thresholds = backend.records.image is not None
+    has_thresholds = backend.records.image is not None or backend.category_records is not None
     if not has_thresholds:
         log.warning(
             "Run %s has no stored thresholds: scores only (no decisions, no masks; overlays coloured per image).",
             run_dir,
         )
-    writer = PredictionWriter(output)
+    writer = PredictionWriter(output, unified=backend.category_records is not None)
     summary = PredictSummary(output=output, backend=backend.name, thresholds=has_thresholds)
     try:
         predict_images(
@@ -590,6 +645,39 @@ def predict(cfg: DictConfig, quiet: bool = False) -> PredictSummary:
     if not quiet:
         print(summary.report())
     return summary
+
+
+def assign_categories(
+    images: Sequence[InputImage], backend: Backend, category: str | None, run_dir: Path
+) -> list[InputImage]:
+    """The inputs with their categories for a unified run (``category=``, else inferred from each path: see the module
+    docstring); PredictError when an input's category is unknown, or ``category=`` is given for a one-category run."""
+    if backend.category_records is None:
+        if category is not None:
+            raise PredictError(
+                f"category={category} chooses among the per-category thresholds of a unified run, but {run_dir} is a "
+                "one-category run: drop category="
+            )
+        return list(images)
+    categories = list(backend.category_records)
+    if category is not None:
+        if str(category) not in categories:
+            raise PredictError(
+                f"category={category} is not one of the run's categories ({', '.join(categories)}): choose one of them"
+            )
+        return [dataclasses.replace(image, category=str(category)) for image in images]
+    out = [dataclasses.replace(image, category=image_category(image.path, categories)) for image in images]
+    unknown = [str(image.path) for image in out if image.category is None]
+    if unknown:
+        listed = ", ".join(unknown[:MAX_LISTED_FAILURES]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise PredictError(
+            f"{run_dir} was trained on several categories ({', '.join(categories)}) and decides each image with its "
+            f"category's thresholds, but no folder in the path of {listed} is named like one of them. Give the "
+            "category of the inputs with category=<name>, or put each image below a folder named after its category."
+        )
+    return out
 
 
 def _identity(prediction: Prediction) -> Prediction:

@@ -67,14 +67,37 @@ def load_run(metrics_file: Path, column: str | None = None) -> RunResult:
     )
 
 
+def load_runs(metrics_file: Path, column: str | None = None) -> list[RunResult]:
+    """The table rows of one metrics.json: the run itself, or for a unified run (one model for several categories)
+    one result per category with that category's metrics, so it lines up with one-model-per-category runs (the
+    tables' mean row is then the mean over its categories)."""
+    summary = json.loads(Path(metrics_file).read_text())
+    per_category = summary.get("per_category")
+    run = load_run(metrics_file, column)
+    if not per_category:
+        return [run]
+    return [
+        RunResult(
+            column=run.column,
+            category=str(category),
+            seed=run.seed,
+            metrics={k: float(v) for k, v in part["metrics"].items()},
+            protocol=run.protocol,
+        )
+        for category, part in per_category.items()
+    ]
+
+
 def find_runs(folders: Iterable[Path], columns: Sequence[str | None] | None = None) -> list[RunResult]:
-    """Every finished run (a metrics.json) below ``folders``; ``columns[i]`` names the runs of ``folders[i]``."""
+    """Every finished run (a metrics.json) below ``folders``, a unified run as one result per category
+    (:func:`load_runs`); ``columns[i]`` names the runs of ``folders[i]``."""
     folders = list(folders)
     names = list(columns) if columns is not None else [None] * len(folders)
     return [
-        load_run(path, column=name)
+        result
         for folder, name in zip(folders, names, strict=True)
         for path in sorted(Path(folder).rglob("metrics.json"))
+        for result in load_runs(path, column=name)
     ]
 
 

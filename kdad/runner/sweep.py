@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdad.errors import ConfigError
-from kdad.runner.report import DEFAULT_METRICS, RunResult, load_run, table_rows, write_tables
+from kdad.runner.report import DEFAULT_METRICS, RunResult, load_runs, table_rows, write_tables
 
 log = logging.getLogger("kdad")
 
@@ -134,8 +134,8 @@ def sweep_results(sweep_dir: Path, run_dirs: Sequence[Path] | None) -> tuple[lis
     """(finished runs, unfinished run folders) of a sweep; every finished run below ``sweep_dir`` when the
     job folders are unknown."""
     if run_dirs is None:
-        return [load_run(p) for p in sorted(Path(sweep_dir).rglob("metrics.json"))], []
-    finished = [load_run(d / "metrics.json") for d in run_dirs if (d / "metrics.json").is_file()]
+        return [r for p in sorted(Path(sweep_dir).rglob("metrics.json")) for r in load_runs(p)], []
+    finished = [r for d in run_dirs if (d / "metrics.json").is_file() for r in load_runs(d / "metrics.json")]
     missing = [_relative_path(str(d), str(sweep_dir)) for d in run_dirs if not (d / "metrics.json").is_file()]
     return finished, missing
 
@@ -225,7 +225,13 @@ class SweepCallback(Callback):
         # Unresolved, as Hydra reads them: an override may hold an interpolation such as ${run_dir}.
         overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
         try:
-            expanded = expand_all_categories(overrides, lambda: benchmark_categories(config, overrides))
+            # data.unified=true: data.category=all is one job's categories (one model), not a sweep over them
+            unified = bool(OmegaConf.select(config, "data.unified", default=False))
+            expanded = (
+                overrides
+                if unified
+                else expand_all_categories(overrides, lambda: benchmark_categories(config, overrides))
+            )
         except Exception as exc:
             # Hydra turns exceptions raised by callbacks into warnings; a sweep that cannot be built must stop.
             raise SystemExit(f"kdad sweep: {exc}") from exc

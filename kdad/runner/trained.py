@@ -58,7 +58,10 @@ class TrainedRun:
         config: the run's resolved config (config_resolved.yaml).
         module: the LightningModule in eval mode on the requested device, checkpoint weights loaded.
         checkpoint: the checkpoint file the weights came from.
-        thresholds: the run's decision thresholds, or None when the run has none (scores only).
+        thresholds: the run's decision thresholds, or None when the run has none (scores only) or has them per
+            category.
+        category_thresholds: a unified run's thresholds, ``{category: Thresholds}`` (each image is decided with its
+            own category's), or None for a one-category run.
     """
 
     run_dir: Path
@@ -66,6 +69,12 @@ class TrainedRun:
     module: AnomalyModule
     checkpoint: Path
     thresholds: Thresholds | None
+    category_thresholds: dict[str, Thresholds] | None = None
+
+    @property
+    def categories(self) -> list[str] | None:
+        """A unified run's categories (those with thresholds), or None."""
+        return None if self.category_thresholds is None else list(self.category_thresholds)
 
 
 def load_trained_run(
@@ -100,11 +109,19 @@ def load_trained_run(
         raise TrainedRunError(f"checkpoint {checkpoint} does not exist")
     state = load_checkpoint_file(checkpoint)
     thresholds = _thresholds(state, metrics, checkpoint, folder)
+    by_category = _category_thresholds(state, metrics, checkpoint, folder)
     module = build_module(config, folder)
     restore_module(module, state, checkpoint)
     module.to(device).eval()
     log.info("Loaded %s (%s) from %s", module.name, checkpoint.name, folder)
-    return TrainedRun(run_dir=folder, config=config, module=module, checkpoint=checkpoint, thresholds=thresholds)
+    return TrainedRun(
+        run_dir=folder,
+        config=config,
+        module=module,
+        checkpoint=checkpoint,
+        thresholds=thresholds,
+        category_thresholds=by_category,
+    )
 
 
 def read_run_config(run_dir: Path) -> DictConfig:
@@ -253,6 +270,27 @@ def _thresholds(
         return Thresholds.from_dict(stored)
     except ValueError as exc:
         raise TrainedRunError(f"{source}: the stored thresholds are invalid: {exc}") from exc
+
+
+def _category_thresholds(
+    checkpoint: dict[str, Any], metrics: dict[str, Any] | None, path: Path, run_dir: Path
+) -> dict[str, Thresholds] | None:
+    """A unified run's per-category thresholds: the checkpoint's, else metrics.json's ``per_category`` when that file
+    was tested with this checkpoint; None for a one-category run."""
+    info = checkpoint.get("kdad")
+    stored = info.get("category_thresholds") if isinstance(info, dict) else None
+    source = path
+    per_category = (metrics or {}).get("per_category") or {}
+    has_records = any("thresholds" in part for part in per_category.values())
+    if stored is None and has_records and _same_file(_tested_checkpoint_or_none(run_dir, metrics), path):
+        stored = {c: part["thresholds"] for c, part in per_category.items() if "thresholds" in part}
+        source = run_dir / METRICS_NAME
+    if not stored:
+        return None
+    try:
+        return {str(c): Thresholds.from_dict(t) for c, t in stored.items()}
+    except ValueError as exc:
+        raise TrainedRunError(f"{source}: the stored per-category thresholds are invalid: {exc}") from exc
 
 
 def _tested_checkpoint_or_none(run_dir: Path, metrics: dict[str, Any] | None) -> Path | None:
