@@ -71,6 +71,19 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> Teacher:
         return super().train(mode and not self.frozen)
 
+    #: While a training batch is bound by :class:`kdad.blocks.feature_cache.TeacherCache`: the view that serves that
+    #: batch's own ``image`` tensor from the cache (None otherwise: every call computes).
+    feature_cache = None
+
+    def __call__(self, images: Tensor, *args, **kwargs) -> list[Tensor]:
+        # Outside ``forward``, so a compiled teacher (speed.compile) is looked up without entering its graph.
+        view = self.feature_cache
+        if view is not None and not args and not kwargs:
+            served = view.serve(self, images)
+            if served is not None:
+                return served
+        return super().__call__(images, *args, **kwargs)
+
     def forward(self, images: Tensor) -> list[Tensor]:
         if self.renormalise:
             images = images * self.input_scale + self.input_shift

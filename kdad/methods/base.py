@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from kdad.blocks.feature_cache import TeacherCache, train_dataset_of
 from kdad.blocks.teacher import IMAGENET_MEAN, IMAGENET_STD
 from kdad.errors import ConfigError, UserError, check_choice
 from kdad.metrics import AnomalyMetrics, max_per_unit
@@ -174,6 +175,8 @@ class AnomalyModule(L.LightningModule):
         self.category_thresholded: dict[str, dict[str, float | int]] = {}
         self._category_calibration: dict[str, NormalScoreCalibrator | AnomalyMetrics] = {}
         self._test_units: dict[str, str] = {}
+        # Frozen teachers' features of the training images computed once (speed.teacher_cache, blocks.feature_cache).
+        self.teacher_cache = TeacherCache()
         self._reset_eval_state()
 
     # ---------------------------------------------------------------- optimisation
@@ -192,6 +195,30 @@ class AnomalyModule(L.LightningModule):
         batch_size = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, prog_bar=True, batch_size=batch_size)
         return parts["loss"]
+
+    # ---------------------------------------------------------------- teacher-feature cache (training only)
+    def configure_teacher_cache(self, mode: str = "auto", memory_gb: float = 4.0, directory: str | None = None) -> None:
+        """``speed.teacher_cache*``: see :class:`~kdad.blocks.feature_cache.TeacherCache` (default ``auto``)."""
+        self.teacher_cache = TeacherCache(mode, memory_gb, directory)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        cache = self.teacher_cache
+        if not cache.decided:
+            dataset, size = train_dataset_of(self.trainer)
+            cache.decide(self.model, batch, dataset, size, self.trainer.default_root_dir)
+        cache.bind(batch)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.teacher_cache.unbind()
+
+    def on_fit_end(self) -> None:
+        self.teacher_cache.unbind()
+        self.teacher_cache.reset()
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self.teacher_cache.unbind()
+            self.teacher_cache.reset()
 
     def _check_finite(self, parts: dict[str, Tensor]) -> None:
         if torch.isfinite(parts["loss"]).all():
