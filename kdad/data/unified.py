@@ -96,7 +96,13 @@ def folder_name(category: Any, unified: bool = False) -> str:
 
 
 def _folder_resolver(category: Any, unified: Any = False) -> str:
-    return folder_name(category, bool(unified))
+    """``folder_name`` for run_dir; a combination it refuses gets a plain name instead, so that the config resolves
+    (Hydra resolves run_dir before any kdad code runs) and kdad.run reports the error itself, with its fix."""
+    try:
+        return folder_name(category, bool(unified))
+    except DatasetError:
+        names = requested_categories(category)
+        return "+".join(names) if isinstance(names, list) else str(names)
 
 
 # run_dir (conf/config.yaml) and the W&B run name: runs/<tag>/<benchmark>/${kdad.category_dir:...}/<method>/seed<seed>

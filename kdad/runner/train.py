@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from kdad.data.unified import build_datamodule
+from kdad.data.unified import build_datamodule, check_unified_categories
 from kdad.errors import ConfigError
 from kdad.methods.base import AnomalyModule
 from kdad.metrics import DEFAULT_FPR
@@ -247,6 +247,8 @@ def _show(value: Any) -> str:
 
 
 def _check_options(cfg: DictConfig) -> None:
+    # several categories need data.unified=true, and data.unified=true several categories (kdad.data.unified)
+    check_unified_categories(cfg.data.category, bool(cfg.data.get("unified", False)))
     if str(cfg.data.category) == ALL_CATEGORIES and not cfg.data.get("unified", False):
         raise ConfigError(
             "data.category=all runs one job per category: add -m (python -m kdad.run -m ...), or train one model "
