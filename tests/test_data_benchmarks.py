@@ -5,50 +5,27 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fixtures import (
-    Expected,
-    Manifest,
     write_folder,
     write_mvtec,
     write_mvtec3d,
     write_visa_converted,
     write_visa_raw,
 )
+from helpers import check_against_manifest, check_mask_pixels
+from omegaconf import OmegaConf
 
+import kdad.data
 from kdad.data import (
     DATA_MODULES,
-    AnomalyDataModule,
     FolderDataModule,
     MVTec3DDataModule,
     MVTecDataModule,
-    Sample,
     VisADataModule,
 )
 
-
-def _check_against_manifest(samples: list[Sample], manifest: Manifest) -> None:
-    for sample in samples:
-        expected = manifest[sample.image_path]
-        assert (sample.label, sample.defect_type) == (expected.label, expected.defect_type), sample.image_path
-        assert (sample.mask_path.name if sample.mask_path else None) == expected.mask_name, sample.image_path
-
-
-def _check_mask_pixels(module: AnomalyDataModule, manifest: Manifest) -> None:
-    """Each loaded mask covers its own image's box (a mis-paired mask would cover another image's box)."""
-    dataset = module.test_dataset
-    scale_x, scale_y = module.image_size / 64, module.image_size / 48
-    for index, sample in enumerate(dataset.samples):
-        expected: Expected = manifest[sample.image_path]
-        mask = dataset.load_mask(index)
-        if expected.box is None:
-            assert mask.sum() == 0
-            continue
-        ys, xs = np.nonzero(mask)
-        left, top, right, bottom = expected.box
-        assert left * scale_x - 1 <= xs.min() and xs.max() <= right * scale_x + 1, sample.image_path
-        assert top * scale_y - 1 <= ys.min() and ys.max() <= bottom * scale_y + 1, sample.image_path
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def test_registry_names() -> None:
@@ -57,7 +34,16 @@ def test_registry_names() -> None:
         *("btad", "mpdd", "mtd", "ksdd2"),
         *("mvtec_loco", "mvtec_ad2", "realiad"),
     }
-    assert all(cls.name == name for name, cls in DATA_MODULES.items())
+
+
+@pytest.mark.parametrize("name", sorted(DATA_MODULES))
+def test_registered_under_its_config_name(name: str) -> None:
+    """Every data module: its registry name is its name, conf/data/<name>.yaml builds it (exported from kdad.data),
+    and conf/foreground/<name>.yaml gives the synthesis its foreground table."""
+    cls = DATA_MODULES[name]
+    assert cls.name == name and getattr(kdad.data, cls.__name__) is cls
+    assert OmegaConf.load(CONF / "data" / f"{name}.yaml")._target_ == f"kdad.data.{cls.__name__}"
+    assert (CONF / "foreground" / f"{name}.yaml").is_file()
 
 
 def test_mvtec_finds_samples_and_pairs_masks_by_stem(tmp_path: Path) -> None:
@@ -75,12 +61,12 @@ def test_mvtec_finds_samples_and_pairs_masks_by_stem(tmp_path: Path) -> None:
         "contamination": 3,
         "good": 2,
     }
-    _check_against_manifest(train + test, manifest)
+    check_against_manifest(train + test, manifest)
     for sample in test:
         if sample.label == 1:
             assert sample.mask_path.name == f"{sample.image_path.stem}_mask.png"
     assert module.has_pixel_masks
-    _check_mask_pixels(module, manifest)
+    check_mask_pixels(module, manifest)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +83,7 @@ def test_mvtec_layout_without_ground_truth_has_image_labels_only(
         module = cls(str(tmp_path), category, image_size=16)
         test = module.test_dataset
         module.describe()
-    _check_against_manifest(test.samples, manifest)
+    check_against_manifest(test.samples, manifest)
     assert {s.label for s in test.samples} == {0, 1} and all(s.mask_path is None for s in test.samples)
     assert not module.has_pixel_masks and not module.describe()["has_pixel_masks"]
     items = [test[i] for i in range(len(test))]
@@ -122,13 +108,13 @@ def test_visa_raw_layout(tmp_path: Path) -> None:
         "train": {"total": 5, "good": 5},
         "test": {"total": 5, "bad": 3, "good": 2},
     }
-    _check_against_manifest(train + test, manifest)
+    check_against_manifest(train + test, manifest)
     # class ids 1..3 are binarised: every anomalous mask is {0, 1} and non-empty
     for index, sample in enumerate(test):
         item = module.test_dataset[index]
         assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
         assert (item["mask"].sum() > 0) == (sample.label == 1)
-    _check_mask_pixels(module, manifest)
+    check_mask_pixels(module, manifest)
 
 
 @pytest.mark.parametrize("mask_suffix", ["", "_mask"])
@@ -138,8 +124,8 @@ def test_visa_converted_layout(tmp_path: Path, mask_suffix: str) -> None:
     assert module.layout == "converted"
     test = module.test_dataset.samples
     assert module.describe()["counts"]["test"] == {"total": 5, "bad": 3, "good": 2}
-    _check_against_manifest(module.train_dataset.samples + test, manifest)
-    _check_mask_pixels(module, manifest)
+    check_against_manifest(module.train_dataset.samples + test, manifest)
+    check_mask_pixels(module, manifest)
 
 
 def test_visa_prefers_converted_layout_when_both_exist(tmp_path: Path) -> None:
@@ -162,8 +148,8 @@ def test_mvtec3d_rgb_only(tmp_path: Path) -> None:
         "test": {"total": 6, "crack": 2, "good": 2, "hole": 2},
     }
     assert module.val_dataset is None
-    _check_against_manifest(samples, manifest)
-    _check_mask_pixels(module, manifest)
+    check_against_manifest(samples, manifest)
+    check_mask_pixels(module, manifest)
 
 
 def test_mvtec3d_train_split_uses_shipped_validation(tmp_path: Path) -> None:
@@ -182,8 +168,8 @@ def test_folder_with_defect_subfolders_and_masks(tmp_path: Path) -> None:
     assert not {s.image_path for s in train} & {s.image_path for s in test}
     assert module.describe()["counts"]["test"] == {"total": 6, "dent": 2, "good": 2, "scratch": 2}
     assert module.category == "custom" and module.has_pixel_masks
-    _check_against_manifest(train + test, manifest)
-    _check_mask_pixels(module, manifest)
+    check_against_manifest(train + test, manifest)
+    check_mask_pixels(module, manifest)
 
 
 def test_folder_defect_images_directly_in_abnormal_dir(tmp_path: Path) -> None:
@@ -191,7 +177,7 @@ def test_folder_defect_images_directly_in_abnormal_dir(tmp_path: Path) -> None:
     module = FolderDataModule(str(tmp_path), category="screws", mask_dir="mask", image_size=16)
     anomalies = [s for s in module.test_dataset.samples if s.label == 1]
     assert len(anomalies) == 3 and {s.defect_type for s in anomalies} == {"defect"}
-    _check_against_manifest(module.test_dataset.samples, manifest)
+    check_against_manifest(module.test_dataset.samples, manifest)
     assert module.describe()["category"] == "screws"
 
 

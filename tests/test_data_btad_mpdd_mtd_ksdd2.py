@@ -17,27 +17,23 @@ from fixtures import (
     BTAD_EXTENSIONS,
     MPDD_DEFECTS,
     MTD_DEFECT_FOLDERS,
-    Expected,
-    Manifest,
     write_btad,
     write_ksdd2,
     write_mpdd,
     write_mtd,
 )
-from helpers import compose_config
+from helpers import assert_command_refuses, check_against_manifest, check_mask_pixels, compose_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from PIL import Image
 
 from kdad.data import (
     DATA_MODULES,
-    AnomalyDataModule,
     BTADDataModule,
     DatasetError,
     KSDD2DataModule,
     MagneticTileDataModule,
     MPDDDataModule,
-    Sample,
 )
 from kdad.runner import sweep
 from kdad.runner.train import run
@@ -63,36 +59,6 @@ RELEASE_CATEGORIES = {
 WRITERS = {"btad": write_btad, "mpdd": write_mpdd, "mtd": write_mtd, "ksdd2": write_ksdd2}
 
 
-def _check_against_manifest(samples: list[Sample], manifest: Manifest) -> None:
-    for sample in samples:
-        expected = manifest[sample.image_path]
-        assert (sample.label, sample.defect_type) == (expected.label, expected.defect_type), sample.image_path
-        assert (sample.mask_path.name if sample.mask_path else None) == expected.mask_name, sample.image_path
-
-
-def _check_mask_pixels(module: AnomalyDataModule, manifest: Manifest) -> None:
-    """Each loaded mask covers its own image's box (a mask paired with another image would cover that one's)."""
-    dataset = module.test_dataset
-    scale_x, scale_y = module.image_size / 64, module.image_size / 48
-    for index, sample in enumerate(dataset.samples):
-        expected: Expected = manifest[sample.image_path]
-        mask = dataset.load_mask(index)
-        if expected.box is None:
-            assert mask.sum() == 0
-            continue
-        ys, xs = np.nonzero(mask)
-        left, top, right, bottom = expected.box
-        assert left * scale_x - 1 <= xs.min() and xs.max() <= right * scale_x + 1, sample.image_path
-        assert top * scale_y - 1 <= ys.min() and ys.max() <= bottom * scale_y + 1, sample.image_path
-
-
-def test_registered_under_their_config_names() -> None:
-    expected = {"btad": BTADDataModule, "mpdd": MPDDDataModule, "mtd": MagneticTileDataModule, "ksdd2": KSDD2DataModule}
-    assert {name: DATA_MODULES[name] for name in expected} == expected
-    for name, cls in expected.items():
-        assert OmegaConf.load(REPO / "conf/data" / f"{name}.yaml")._target_ == f"kdad.data.{cls.__name__}"
-
-
 # ------------------------------------------------------------------------------------------------ finders
 @pytest.mark.parametrize("category", ["01", "02", "03"])
 def test_btad_reads_each_category_with_its_release_extensions(tmp_path: Path, category: str) -> None:
@@ -100,8 +66,8 @@ def test_btad_reads_each_category_with_its_release_extensions(tmp_path: Path, ca
     module = BTADDataModule(str(tmp_path), category, image_size=32)
     train, test = module.train_dataset.samples, module.test_dataset.samples
     assert module.describe()["counts"] == {"train": {"total": 4, "good": 4}, "test": {"total": 5, "good": 2, "ko": 3}}
-    _check_against_manifest(train + test, manifest)
-    _check_mask_pixels(module, manifest)
+    check_against_manifest(train + test, manifest)
+    check_mask_pixels(module, manifest)
     image_ext, mask_ext = BTAD_EXTENSIONS[category]
     assert module.describe()["extensions"] == {"images": [image_ext], "masks": [mask_ext]}
     # test/ok/0000 and test/ko/0000 share a stem: only the ko image gets the mask
@@ -132,8 +98,8 @@ def test_mpdd_reads_the_mvtec_layout_with_its_defect_types(tmp_path: Path, categ
         "good": 2,
         **dict.fromkeys(defects, 2),
     }
-    _check_against_manifest(module.train_dataset.samples + test, manifest)
-    _check_mask_pixels(module, manifest)
+    check_against_manifest(module.train_dataset.samples + test, manifest)
+    check_mask_pixels(module, manifest)
 
 
 def test_mtd_holds_out_seeded_test_normals_and_records_the_split(tmp_path: Path) -> None:
@@ -146,8 +112,8 @@ def test_mtd_holds_out_seeded_test_normals_and_records_the_split(tmp_path: Path)
     }
     assert not {s.image_path for s in train} & {s.image_path for s in test}
     assert all(s.image_path.suffix == ".jpg" for s in train + test)  # the .png files are masks, never images
-    _check_against_manifest(train + test, manifest)
-    _check_mask_pixels(module, manifest)
+    check_against_manifest(train + test, manifest)
+    check_mask_pixels(module, manifest)
     split = module.describe()["normal_split"]
     assert split == {
         "source": "seeded",
@@ -194,8 +160,8 @@ def test_ksdd2_labels_by_mask_and_leaves_out_training_defects(tmp_path: Path) ->
     assert len(written_train_defects) == 2 and not written_train_defects & {s.image_path for s in train}
     assert module.describe()["ignored_train_anomalies"] == 2
     assert not any(s.image_path.stem.endswith("_GT") for s in train + test)
-    _check_against_manifest(train + test, manifest)
-    _check_mask_pixels(module, manifest)
+    check_against_manifest(train + test, manifest)
+    check_mask_pixels(module, manifest)
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -319,19 +285,9 @@ def test_bad_input_stops_the_command_before_training(
     data: str, case: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """Through the command's entry point (kdad.run.main, with the composed config): one message, exit status 2."""
-    from kdad.run import main
-
     root, category, fragments = _break(data, case, tmp_path / "data")
     cfg = compose_config([f"data={data}", f"data.root={root}", f"data.category={category}", *FAST], tmp_path)
-    with pytest.raises(SystemExit) as stopped:
-        main(cfg)
-    err = capsys.readouterr().err
-    assert stopped.value.code == 2, err
-    message = err.strip().splitlines()[-1]
-    assert message.startswith("kdad: error: ") and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    assert not (Path(cfg.run_dir) / "checkpoints").exists()
+    assert_command_refuses(cfg, capsys, fragments)
 
 
 def test_ground_truth_folder_without_test_images_is_refused(tmp_path: Path) -> None:

@@ -24,9 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
-from kdad.data.mvtec import GROUND_TRUTH, find_mvtec_samples, mvtec_layout_categories
+from kdad.data.mvtec import GROUND_TRUTH, MVTecLayoutDataModule
 
 BTAD_CATEGORIES = ("01", "02", "03")
 NORMAL = "ok"
@@ -35,34 +34,26 @@ NORMAL = "ok"
 RELEASE_EXTENSIONS = {"01": (".bmp", ".png"), "02": (".png", ".png"), "03": (".bmp", ".bmp")}
 
 
-class BTADDataModule(AnomalyDataModule):
+class BTADDataModule(MVTecLayoutDataModule):
     """BTAD (categories 01, 02, 03); ``root`` holds the category folders (see the module docstring)."""
 
     name = "btad"
     official_categories = BTAD_CATEGORIES
     fixed_categories = True
+    normal_folder = NORMAL
+    mask_suffixes = ("",)
+    masks_required = True
+    layout_help_format = (
+        "Expected the BTAD layout {root}/<category>/train/ok, test/ok, test/ko and ground_truth/ko "
+        "(categories 01, 02, 03: data.root is the archive's BTech_Dataset_transformed folder)."
+    )
 
-    @classmethod
-    def available_categories(cls, root: str | Path) -> list[str]:
-        return [c for c in mvtec_layout_categories(Path(root).expanduser(), NORMAL) if c in BTAD_CATEGORIES]
-
-    def find_samples(self, split: str) -> list[Sample]:
-        return find_mvtec_samples(
-            self.category_dir, split, mask_suffixes=("",), normal=NORMAL, masks_required=True, layout=self._layout()
-        )
-
-    def _layout(self) -> str:
+    def category_layout(self, category_dir: Path) -> str:
         image, mask = RELEASE_EXTENSIONS.get(self.category, (".bmp", ".png"))
-        base = self.category_dir
         return (
-            f"Expected the BTAD layout: {base}/train/{NORMAL}/<stem>{image}, {base}/test/{NORMAL}/<stem>{image}, "
-            f"{base}/test/ko/<stem>{image} and {base}/{GROUND_TRUTH}/ko/<stem>{mask} (masks named like their image)."
-        )
-
-    def layout_help(self) -> str:
-        return (
-            f"Expected the BTAD layout {self.data_root}/<category>/train/ok, test/ok, test/ko and ground_truth/ko "
-            "(categories 01, 02, 03: data.root is the archive's BTech_Dataset_transformed folder)."
+            f"Expected the BTAD layout: {category_dir}/train/{NORMAL}/<stem>{image}, "
+            f"{category_dir}/test/{NORMAL}/<stem>{image}, {category_dir}/test/ko/<stem>{image} and "
+            f"{category_dir}/{GROUND_TRUTH}/ko/<stem>{mask} (masks named like their image)."
         )
 
     def describe_layout(self) -> dict[str, Any]:

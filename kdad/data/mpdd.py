@@ -16,35 +16,24 @@ from ground_truth/<defect>/<stem>_mask.png (binarised > 0).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from kdad.data.datamodule import AnomalyDataModule
-from kdad.data.dataset import Sample
-from kdad.data.mvtec import find_mvtec_samples, mvtec_layout_categories
+from kdad.data.mvtec import MVTecLayoutDataModule
 
 MPDD_CATEGORIES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
 
 
-class MPDDDataModule(AnomalyDataModule):
+class MPDDDataModule(MVTecLayoutDataModule):
     """MPDD (6 categories); ``root`` holds the category folders."""
 
     name = "mpdd"
     official_categories = MPDD_CATEGORIES
     fixed_categories = True
-
-    @classmethod
-    def available_categories(cls, root: str | Path) -> list[str]:
-        return [c for c in mvtec_layout_categories(Path(root).expanduser()) if c in MPDD_CATEGORIES]
-
-    def find_samples(self, split: str) -> list[Sample]:
-        return find_mvtec_samples(self.category_dir, split, masks_required=True)
-
-    def layout_help(self) -> str:
-        return (
-            f"Expected MPDD in the MVTec layout {self.data_root}/<category>/train/good/*.png, test/<defect>/*.png "
-            "and ground_truth/<defect>/<stem>_mask.png."
-        )
+    masks_required = True
+    layout_help_format = (
+        "Expected MPDD in the MVTec layout {root}/<category>/train/good/*.png, test/<defect>/*.png "
+        "and ground_truth/<defect>/<stem>_mask.png."
+    )
 
     def describe_layout(self) -> dict[str, Any]:
         return {

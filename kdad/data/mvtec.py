@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
@@ -40,7 +41,8 @@ GROUND_TRUTH = "ground_truth"
 
 
 def mvtec_layout_categories(root: Path, normal: str = NORMAL) -> list[str]:
-    """Sub-folders of ``root`` that look like MVTec-layout categories (they hold train/good, or train/<normal>)."""
+    """Sub-folders of ``root`` that look like MVTec-layout categories (they hold train/good, or train/<normal>;
+    ``normal`` may be a path, e.g. "good/rgb")."""
     if not root.is_dir():
         return []
     return [d.name for d in list_subdirs(root) if (d / "train" / normal).is_dir()]
@@ -69,15 +71,25 @@ def find_mvtec_samples(
             that no test image claims (or a ground_truth/<defect>/ folder without its test/<defect>/).
         layout: the sentence describing the expected layout in error messages (default: the MVTec one).
     """
-    layout = layout or (
-        f"Expected the MVTec layout: {category_dir}/train/{normal}/*.png, {category_dir}/test/<defect>/*.png and "
-        f"{category_dir}/{GROUND_TRUTH}/<defect>/<stem>{mask_suffixes[0]}.png."
-    )
+    layout = layout or mvtec_layout(category_dir, normal, mask_suffixes[0])
     check_choice(split, ("train", "test"), f"MVTec split (in {category_dir})")
     if split == "train":
-        folder = require_dir(category_dir / "train" / normal, "training folder", layout)
-        return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
+        return find_normal_samples(category_dir / "train" / normal, "training folder", layout)
     return _find_test_samples(category_dir, mask_suffixes, layout, normal, masks_required)
+
+
+def mvtec_layout(category_dir: Path, normal: str = NORMAL, mask_suffix: str = "_mask") -> str:
+    """The sentence describing one category's MVTec layout, for error messages."""
+    return (
+        f"Expected the MVTec layout: {category_dir}/train/{normal}/*.png, {category_dir}/test/<defect>/*.png and "
+        f"{category_dir}/{GROUND_TRUTH}/<defect>/<stem>{mask_suffix}.png."
+    )
+
+
+def find_normal_samples(folder: Path, what: str, layout: str) -> list[Sample]:
+    """Every image of a folder of normal images (train/good, validation/good, ...), defect type "good"; a missing
+    folder is a DatasetError naming it as ``what`` and ``layout``."""
+    return [Sample(p, None, 0, NORMAL) for p in list_images(require_dir(folder, what, layout))]
 
 
 def _find_test_samples(
@@ -121,21 +133,54 @@ def _find_test_samples(
     return samples
 
 
-class MVTecDataModule(AnomalyDataModule):
+class MVTecLayoutDataModule(AnomalyDataModule):
+    """Base of the benchmarks in the MVTec layout or a variant of it: ``<root>/<category>/train/<normal>/`` marks a
+    category (MVTec AD, MPDD, BTAD, MVTec AD 2, MVTec LOCO AD).
+
+    A subclass states what differs from MVTec AD, as class attributes: ``official_categories`` (and
+    ``fixed_categories`` where the benchmark is those only: other folders are not offered as categories), the name of
+    its normal folders, its mask suffixes, whether every defect image must have a mask (``masks_required``, see
+    :func:`find_mvtec_samples`), the sentence of its errors (``category_layout``) and of ``layout_help``. A test split
+    that is not the MVTec one overrides ``find_samples``.
+    """
+
+    normal_folder: ClassVar[str] = NORMAL
+    mask_suffixes: ClassVar[tuple[str, ...]] = ("_mask",)
+    masks_required: ClassVar[bool] = False
+    # ``layout_help`` with ``{root}`` for data.root; empty: ``category_layout`` of ``<root>/<category>``.
+    layout_help_format: ClassVar[str] = ""
+
+    @classmethod
+    def available_categories(cls, root: str | Path) -> list[str]:
+        found = mvtec_layout_categories(Path(root).expanduser(), cls.normal_folder)
+        return [c for c in found if c in cls.official_categories] if cls.fixed_categories else found
+
+    def category_layout(self, category_dir: Path) -> str:
+        """The sentence describing ``category_dir``'s expected layout, in the errors of ``find_samples``."""
+        return mvtec_layout(category_dir, self.normal_folder, self.mask_suffixes[0])
+
+    def find_samples(self, split: str) -> list[Sample]:
+        return find_mvtec_samples(
+            self.category_dir,
+            split,
+            mask_suffixes=self.mask_suffixes,
+            normal=self.normal_folder,
+            masks_required=self.masks_required,
+            layout=self.category_layout(self.category_dir),
+        )
+
+    def layout_help(self) -> str:
+        if self.layout_help_format:
+            return self.layout_help_format.format(root=self.data_root)
+        return self.category_layout(self.data_root / "<category>")
+
+
+class MVTecDataModule(MVTecLayoutDataModule):
     """MVTec AD (15 categories); ``root`` holds the category folders."""
 
     name = "mvtec"
     official_categories = MVTEC_CATEGORIES
-
-    @classmethod
-    def available_categories(cls, root: str | Path) -> list[str]:
-        return mvtec_layout_categories(Path(root).expanduser())
-
-    def find_samples(self, split: str) -> list[Sample]:
-        return find_mvtec_samples(self.category_dir, split)
-
-    def layout_help(self) -> str:
-        return (
-            f"Expected the MVTec layout {self.data_root}/<category>/train/good/*.png, test/<defect>/*.png "
-            "and ground_truth/<defect>/<stem>_mask.png."
-        )
+    layout_help_format = (
+        "Expected the MVTec layout {root}/<category>/train/good/*.png, test/<defect>/*.png "
+        "and ground_truth/<defect>/<stem>_mask.png."
+    )

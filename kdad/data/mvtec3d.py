@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
 from kdad.data.decode import check_choice
 from kdad.data.files import find_mask, index_by_stem, list_images, list_subdirs, require_dir
+from kdad.data.mvtec import MVTecLayoutDataModule, find_normal_samples
 
 MVTEC3D_CATEGORIES = (
     "bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire",
@@ -24,16 +24,19 @@ MVTEC3D_CATEGORIES = (
 NORMAL = "good"
 
 
-def find_mvtec3d_samples(category_dir: Path, split: str) -> list[Sample]:
-    """Samples of ``split`` ("train", "validation" or "test"); train and validation are normal only."""
-    layout = (
+def _layout(category_dir: Path) -> str:
+    return (
         f"Expected the MVTec 3D-AD layout: {category_dir}/{{train,validation,test}}/<label>/rgb/NNN.png with "
         f"masks in {category_dir}/test/<label>/gt/NNN.png."
     )
+
+
+def find_mvtec3d_samples(category_dir: Path, split: str) -> list[Sample]:
+    """Samples of ``split`` ("train", "validation" or "test"); train and validation are normal only."""
+    layout = _layout(category_dir)
     check_choice(split, ("train", "validation", "test"), f"MVTec 3D-AD split (in {category_dir})")
     if split in ("train", "validation"):
-        folder = require_dir(category_dir / split / NORMAL / "rgb", f"{split} folder", layout)
-        return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
+        return find_normal_samples(category_dir / split / NORMAL / "rgb", f"{split} folder", layout)
     test_dir = require_dir(category_dir / "test", "test folder", layout)
     samples: list[Sample] = []
     for label_dir in list_subdirs(test_dir):
@@ -51,26 +54,21 @@ def find_mvtec3d_samples(category_dir: Path, split: str) -> list[Sample]:
     return samples
 
 
-class MVTec3DDataModule(AnomalyDataModule):
+class MVTec3DDataModule(MVTecLayoutDataModule):
     """MVTec 3D-AD RGB (10 categories). With val_source="train_split" the shipped validation/good images are
     the validation split, and the training set is left whole."""
 
     name = "mvtec3d"
     official_categories = MVTEC3D_CATEGORIES
     has_validation_split = True
+    normal_folder = f"{NORMAL}/rgb"  # a category holds train/good/rgb
+    layout_help_format = (
+        "Expected the MVTec 3D-AD layout {root}/<category>/{{train,validation,test}}/<label>"
+        "/rgb/NNN.png with masks in test/<label>/gt/NNN.png."
+    )
 
-    @classmethod
-    def available_categories(cls, root: str | Path) -> list[str]:
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            return []
-        return [d.name for d in list_subdirs(root) if (d / "train" / NORMAL / "rgb").is_dir()]
+    def category_layout(self, category_dir: Path) -> str:
+        return _layout(category_dir)
 
     def find_samples(self, split: str) -> list[Sample]:
         return find_mvtec3d_samples(self.category_dir, split)
-
-    def layout_help(self) -> str:
-        return (
-            f"Expected the MVTec 3D-AD layout {self.data_root}/<category>/{{train,validation,test}}/<label>"
-            "/rgb/NNN.png with masks in test/<label>/gt/NNN.png."
-        )

@@ -19,12 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
 from kdad.data.decode import check_choice
 from kdad.data.errors import DatasetError
 from kdad.data.files import check_masks_have_images, find_mask, index_by_stem, list_images, require_dir
-from kdad.data.mvtec import mvtec_layout_categories
+from kdad.data.mvtec import MVTecLayoutDataModule, find_normal_samples
 
 MVTEC_AD2_CATEGORIES = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
 
@@ -60,8 +59,7 @@ def find_mvtec_ad2_samples(category_dir: Path, split: str) -> list[Sample]:
     layout = _layout(category_dir)
     check_choice(split, ("train", "validation", "test"), f"MVTec AD 2 split (in {category_dir})")
     if split in ("train", "validation"):
-        folder = require_dir(category_dir / split / NORMAL, f"{split} folder", layout)
-        return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
+        return find_normal_samples(category_dir / split / NORMAL, f"{split} folder", layout)
     test_dir = require_dir(category_dir / PUBLIC_TEST, "test folder", layout)
     normals = list_images(require_dir(test_dir / NORMAL, "test folder", layout))
     defect_dir = require_dir(test_dir / DEFECT, "test folder", layout)
@@ -75,7 +73,7 @@ def find_mvtec_ad2_samples(category_dir: Path, split: str) -> list[Sample]:
     return samples
 
 
-class MVTecAD2DataModule(AnomalyDataModule):
+class MVTecAD2DataModule(MVTecLayoutDataModule):
     """MVTec AD 2 (8 categories); ``root`` holds the category folders; tested on test_public (module docstring).
 
     Args:
@@ -94,16 +92,11 @@ class MVTecAD2DataModule(AnomalyDataModule):
         # Checked here, so that asking for an unlabelled test set stops before anything is indexed or trained.
         self.test_split = check_test_split(str(test_split), self.root / self.category)
 
-    @classmethod
-    def available_categories(cls, root: str | Path) -> list[str]:
-        found = mvtec_layout_categories(Path(root).expanduser())
-        return [c for c in found if c in MVTEC_AD2_CATEGORIES]
+    def category_layout(self, category_dir: Path) -> str:
+        return _layout(category_dir)
 
     def find_samples(self, split: str) -> list[Sample]:
         return find_mvtec_ad2_samples(self.category_dir, split)
-
-    def layout_help(self) -> str:
-        return _layout(self.data_root / "<category>")
 
     def describe_layout(self) -> dict[str, Any]:
         return {

@@ -28,12 +28,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdad.data.datamodule import AnomalyDataModule
 from kdad.data.dataset import Sample
 from kdad.data.decode import check_choice
 from kdad.data.errors import DatasetError
 from kdad.data.files import list_images, list_subdirs, require_dir
-from kdad.data.mvtec import mvtec_layout_categories
+from kdad.data.mvtec import MVTecLayoutDataModule, find_normal_samples
 
 MVTEC_LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
 
@@ -56,8 +55,7 @@ def find_mvtec_loco_samples(category_dir: Path, split: str) -> list[Sample]:
     layout = _layout(category_dir)
     check_choice(split, ("train", "validation", "test"), f"MVTec LOCO AD split (in {category_dir})")
     if split in ("train", "validation"):
-        folder = require_dir(category_dir / split / NORMAL, f"{split} folder", layout)
-        return [Sample(p, None, 0, NORMAL) for p in list_images(folder)]
+        return find_normal_samples(category_dir / split / NORMAL, f"{split} folder", layout)
     test_dir = require_dir(category_dir / "test", "test folder", layout)
     ground_truth = require_dir(category_dir / GROUND_TRUTH, "mask folder", layout)
     samples: list[Sample] = []
@@ -105,7 +103,7 @@ def _check_mask_folders_have_images(masks_dir: Path, images: list[Path], type_di
         )
 
 
-class MVTecLOCODataModule(AnomalyDataModule):
+class MVTecLOCODataModule(MVTecLayoutDataModule):
     """MVTec LOCO AD (5 categories); ``root`` holds the category folders. Logical and structural anomalies are
     also evaluated apart (``logical/<metric>``, ``structural/<metric>``); see the module docstring."""
 
@@ -115,16 +113,11 @@ class MVTecLOCODataModule(AnomalyDataModule):
     fixed_categories = True
     defect_groups = {"logical": (LOGICAL,), "structural": (STRUCTURAL,)}
 
-    @classmethod
-    def available_categories(cls, root: str | Path) -> list[str]:
-        found = mvtec_layout_categories(Path(root).expanduser())
-        return [c for c in found if c in MVTEC_LOCO_CATEGORIES]
+    def category_layout(self, category_dir: Path) -> str:
+        return _layout(category_dir)
 
     def find_samples(self, split: str) -> list[Sample]:
         return find_mvtec_loco_samples(self.category_dir, split)
-
-    def layout_help(self) -> str:
-        return _layout(self.data_root / "<category>")
 
     def describe_layout(self) -> dict[str, Any]:
         return {
