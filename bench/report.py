@@ -109,7 +109,211 @@ def evaluate_targets(results: dict[str, Any], targets: DictConfig) -> list[dict[
     for option in ("channels_last", "compile"):
         checks += _speed_option_check(option, [s for s in speedups if s["option"] == option], rows)
     checks += _predict_check(results.get("deploy") or [], targets.get("predict_over_forward"))
+    checks += _cache_check(results.get("fits") or [], targets.get("rd_cache_speedup"))
+    checks += _versus_check(
+        results.get("versus") or [], results.get("fits") or [], targets.get("stfpm_fit_over_anomalib")
+    )
     return checks
+
+
+def _cache_pairs(fits: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """{(method, precision): {"auto": fit, "off": fit}} of the kdad fits with the teacher cache on and off."""
+    pairs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for fit in fits:
+        pairs.setdefault((fit["method"], fit["precision"]), {})[fit["teacher_cache"]] = fit
+    return {k: v for k, v in pairs.items() if {"auto", "off"} <= set(v)}
+
+
+def teacher_share(off: dict[str, Any]) -> float:
+    """The teacher's share of the training time without the cache: the cache saves at most that (1 / (1 - share)x)."""
+    seconds = off.get("teacher_seconds")
+    return seconds / off["train_seconds"] if seconds is not None and off["train_seconds"] > 0 else math.nan
+
+
+def _cache_check(fits: list[dict[str, Any]], limit: float | None) -> list[dict[str, Any]]:
+    """RD's training img/s once the cache serves (the epochs after the first), cache on / off."""
+    pairs = [(k, v) for k, v in _cache_pairs(fits).items() if k[0] == "rd"]
+    if limit is None or not pairs:
+        return []
+    checks = []
+    for (method, precision), pair in pairs:
+        on, off = pair["auto"], pair["off"]
+        ratio = on["later_images_per_s"] / off["later_images_per_s"]
+        share = teacher_share(off)
+        measured = (
+            f"{ratio:.2f}x ({on['later_images_per_s']:.1f} vs {off['later_images_per_s']:.1f} img/s, {precision})"
+        )
+        if "teacher cache: on" not in on["cache_summary"]:
+            measured += f"; the cache did not switch on: {on['cache_summary']}"
+        elif ratio < limit:
+            ceiling = 1 / (1 - share) if share < 1 else math.inf
+            measured += (
+                f"; missed by {100 * (limit / ratio - 1):.0f} %: the frozen teacher is {100 * share:.0f} % of an RD "
+                f"training step without the cache, so skipping it gives at most {ceiling:.2f}x (the decoder's "
+                "forward + backward is the rest)"
+            )
+        checks.append(
+            {
+                "target": f"{method}: train img/s with the teacher cache / without (epochs after the first)",
+                "limit": f">= {limit:.2f}",
+                "measured": measured,
+                "pass": bool(ratio >= limit),
+            }
+        )
+    return checks
+
+
+def versus_ratio(entry: dict[str, Any]) -> float:
+    """anomalib's fit seconds / kdad's (data set-up + fit) for one kdad-vs-anomalib entry (NaN: not measured)."""
+    other = entry["anomalib"]
+    if not other.get("available"):
+        return math.nan
+    kdad = entry["kdad"]
+    return other["fit_seconds"] / (kdad["setup_seconds"] + kdad["fit_seconds"])
+
+
+def _versus_check(versus: list[dict[str, Any]], fits: list[dict[str, Any]], limit: float | None) -> list[dict]:
+    """kdad's STFPM fit against anomalib's (same data, epochs, teacher and weights): anomalib s / kdad s."""
+    entries = [v for v in versus if v["method"] == "stfpm"]
+    if limit is None or not entries:
+        return []
+    checks = []
+    pairs = _cache_pairs(fits)
+    for entry in entries:
+        other, kdad = entry["anomalib"], entry["kdad"]
+        target = f"stfpm: kdad fit vs anomalib's (same data, epochs, teacher weights; {entry['precision']})"
+        if not other.get("available"):
+            checks.append(
+                {
+                    "target": target,
+                    "limit": f">= {limit:.2f}",
+                    "measured": f"unavailable: {other['error']}",
+                    "pass": False,
+                }
+            )
+            continue
+        ratio = versus_ratio(entry)
+        kdad_seconds = kdad["setup_seconds"] + kdad["fit_seconds"]
+        measured = f"{ratio:.2f}x (anomalib {other['fit_seconds']:.1f} s, kdad {kdad_seconds:.1f} s)"
+        if ratio < limit:
+            pair = pairs.get(("stfpm", entry["precision"]))
+            share = teacher_share(pair["off"]) if pair else math.nan
+            measured += (
+                f"; missed by {100 * (limit / ratio - 1):.0f} %: kdad's step is the student's forward + backward "
+                f"plus the teacher's forward in the first epoch only (the teacher is {100 * share:.0f} % of a step "
+                "without the cache); more epochs raise the ratio (the cache's share of the fit grows)"
+            )
+        checks.append(
+            {"target": target, "limit": f">= {limit:.2f}", "measured": measured, "pass": bool(ratio >= limit)}
+        )
+    return checks
+
+
+def fit_tables(results: dict[str, Any]) -> list[str]:
+    """Lines of the several-epoch fit tables: the teacher cache on / off, and kdad vs anomalib."""
+    lines: list[str] = []
+    pairs = _cache_pairs(results.get("fits") or [])
+    if pairs:
+        cache_lines = []
+        for (method, precision), pair in pairs.items():
+            on, off = pair["auto"], pair["off"]
+            for fit in (on, off):
+                first = fit is on
+                cache_lines.append(
+                    [
+                        method,
+                        precision,
+                        "auto" if first else "off",
+                        f"{len(fit['epochs'])} x {fit['epochs'][0]['images']}",
+                        f"{fit['fit_seconds']:.1f}",
+                        f"{fit['first_epoch_images_per_s']:.1f}",
+                        f"{fit['later_images_per_s']:.1f}",
+                        f"{on['later_images_per_s'] / off['later_images_per_s']:.2f}x" if first else "-",
+                        f"{off['fit_seconds'] / on['fit_seconds']:.2f}x" if first else "-",
+                        "-" if first else f"{100 * teacher_share(off):.0f} %",
+                        fit["cache_summary"].removeprefix("teacher cache: ")[:90],
+                    ]
+                )
+        header = [
+            "method",
+            "precision",
+            "teacher cache",
+            "epochs x images",
+            "fit s",
+            "img/s epoch 1",
+            "img/s later epochs",
+            "later on ÷ off",
+            "fit on ÷ off",
+            "teacher % of step (off)",
+            "cache",
+        ]
+        lines += [
+            "Training with the teacher-feature cache (speed.teacher_cache=auto) and without (off), fits of several "
+            "epochs on fresh models:",
+            "",
+            _table(header, cache_lines),
+        ]
+    versus = results.get("versus") or []
+    if versus:
+        versus_lines = []
+        for entry in versus:
+            kdad, other = entry["kdad"], entry["anomalib"]
+            kdad_seconds = kdad["setup_seconds"] + kdad["fit_seconds"]
+            later = kdad["later_images_per_s"]
+            if not other.get("available"):
+                versus_lines.append(
+                    [
+                        entry["method"],
+                        entry["precision"],
+                        "-",
+                        f"{kdad_seconds:.1f}",
+                        "unavailable",
+                        "-",
+                        f"{later:.1f}",
+                        "-",
+                        other["error"][:80],
+                    ]
+                )
+                continue
+            other_later = other["epochs"][1:]
+            other_rate = (
+                sum(e["images"] for e in other_later) / sum(e["seconds"] for e in other_later)
+                if other_later
+                else math.nan
+            )
+            spec = other["spec"]
+            versus_lines.append(
+                [
+                    entry["method"],
+                    entry["precision"],
+                    f"{spec['backbone']} ({other['weights']})",
+                    f"{kdad['setup_seconds']:.1f} + {kdad['fit_seconds']:.1f}",
+                    f"{other['fit_seconds']:.1f}",
+                    f"{versus_ratio(entry):.2f}x",
+                    f"{later:.1f}",
+                    f"{other_rate:.1f}",
+                    other["framework"],
+                ]
+            )
+        header = [
+            "method",
+            "precision",
+            "teacher (weights)",
+            "kdad setup + fit s",
+            "anomalib fit s",
+            "anomalib ÷ kdad",
+            "kdad img/s later epochs",
+            "anomalib img/s later epochs",
+            "anomalib",
+        ]
+        lines += [
+            "",
+            "kdad against anomalib's implementation of the same method (same data folder, image size, batch size, "
+            "epochs, threads; validation off in both):",
+            "",
+            _table(header, versus_lines),
+        ]
+    return lines
 
 
 def _predict_check(deploy: list[dict[str, Any]], limit: float | None) -> list[dict[str, Any]]:
@@ -251,6 +455,9 @@ def format_report(results: dict[str, Any]) -> str:
     if results.get("deploy"):
         limit = ((results.get("settings") or {}).get("targets") or {}).get("predict_over_forward")
         parts += ["", *deploy_tables(results["deploy"], limit)]
+    fits = fit_tables(results)
+    if fits:
+        parts += ["", *fits]
     targets = results["targets"]
     target_lines = [[c["target"], c["limit"], c["measured"], "PASS" if c["pass"] else "FAIL"] for c in targets]
     parts += ["", "Targets:", "", _table(["target", "limit", "measured", "result"], target_lines)]

@@ -103,6 +103,8 @@ def run_bench(config: DictConfig, say: Any = print) -> dict[str, Any]:
         "rows": [],
         "options": [],
         "deploy": [],
+        "fits": [],
+        "versus": [],
     }
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for method in settings.methods:
@@ -110,6 +112,8 @@ def run_bench(config: DictConfig, say: Any = print) -> dict[str, Any]:
             results["rows"] += measured["rows"]
             results["options"] += measured["options"]
             results["deploy"] += measured["deploy"]
+            results["fits"] += measured["fits"]
+            results["versus"] += measured["versus"]
     tick = time.perf_counter()
     results["pixel_memory"] = measure_pixel_memory(settings.pixel_memory, settings.threads)
     say(f"[bench] pixel-metric memory: {time.perf_counter() - tick:.0f}s", flush=True)

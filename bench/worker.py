@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.method import measure_method
 from bench.options import OPTIONS, measure_option
 from bench.quiet import quiet
+from bench.versus import measure_fits
 
 DEFAULT_PRECISIONS = {"cpu": ["32-true"], "cuda": ["bf16-mixed", "32-true"]}
 # the precision whose row is followed by the deployment figures (exports are float32)
@@ -37,9 +38,10 @@ def deploy_wanted(settings: DictConfig, method: str, precision: str) -> bool:
 
 def measure_all(settings: DictConfig, method: str, say: Callable[..., Any] = print) -> dict[str, list[dict]]:
     """The main row of ``method`` at every precision (the 32-true one followed by the deployment figures where
-    ``bench.deploy`` asks for them), each followed by its speed-option rows."""
+    ``bench.deploy`` asks for them), each followed by its speed-option rows and its fits of several epochs
+    (``bench.fit``: teacher cache on / off, anomalib)."""
     workdir = Path(settings.workdir).expanduser() if settings.workdir else None
-    out: dict[str, list[dict]] = {"rows": [], "options": [], "deploy": []}
+    out: dict[str, list[dict]] = {"rows": [], "options": [], "deploy": [], "fits": [], "versus": []}
     for precision in precisions_of(settings):
         tick = time.perf_counter()
         row = measure_method(settings, method, precision, workdir, deploy=deploy_wanted(settings, method, precision))
@@ -62,6 +64,9 @@ def measure_all(settings: DictConfig, method: str, say: Callable[..., Any] = pri
             out["options"].append(measured)
             flip = "on" if measured["value"] else "off"
             say(f"[bench] {method} {precision} {option} {flip}: {time.perf_counter() - tick:.0f}s", flush=True)
+        fits = measure_fits(settings, method, precision, workdir, say)
+        out["fits"] += fits["fits"]
+        out["versus"] += fits["versus"]
     return out
 
 

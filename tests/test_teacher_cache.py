@@ -177,7 +177,11 @@ def _bound(teacher: Teacher, budget_gb: float, tmp_path: Path, capacity: int = 4
 
 
 @pytest.mark.parametrize("budget_gb", [4.0, 0.0])
-def test_memory_or_disk_by_budget_and_features_served_per_image(budget_gb: float, teacher: Teacher, tmp_path: Path):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_memory_or_disk_by_budget_and_features_served_per_image(
+    budget_gb: float, memory_format: torch.memory_format, teacher: Teacher, tmp_path: Path
+) -> None:
+    teacher.to(memory_format=memory_format)  # speed.channels_last: the teacher's features come out channels-last
     cache = _bound(teacher, budget_gb, tmp_path)
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -204,6 +208,7 @@ def test_memory_or_disk_by_budget_and_features_served_per_image(budget_gb: float
     assert store.hits == 3
     for level, ref in zip(served, reference, strict=True):
         assert torch.allclose(level, ref[order], atol=1e-5)
+        assert level.is_contiguous(memory_format=memory_format)  # the teacher's own layout, in memory or on disk
     for level, ref in zip(other, reference, strict=True):
         assert torch.allclose(level, ref[order], atol=1e-5)
     files = list(store._files)

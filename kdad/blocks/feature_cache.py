@@ -132,22 +132,28 @@ class FeatureStore:
         self.device = example[0].device
         self.channels_last = [f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) for f in example]
         self.on_disk = self.bytes > budget
+        formats = [torch.channels_last if last else torch.contiguous_format for last in self.channels_last]
         if not self.on_disk:
-            shapes = [(self.capacity, *f.shape[1:]) for f in example]
+            # In the teacher's memory format, so one image's features are one block and gathering is a plain copy.
             self.levels = [
-                torch.empty(n, dtype=f.dtype, device=self.device) for n, f in zip(shapes, example, strict=True)
+                torch.empty((self.capacity, *f.shape[1:]), dtype=f.dtype, device=self.device).contiguous(
+                    memory_format=m
+                )
+                for f, m in zip(example, formats, strict=True)
             ]
         else:
             disk_dir.mkdir(parents=True, exist_ok=True)
             self.directory = Path(tempfile.mkdtemp(prefix=f"teacher-cache-{self.name}-", dir=disk_dir))
-            for level, f in enumerate(example):
+            for level, (f, last) in enumerate(zip(example, self.channels_last, strict=True)):
                 np_dtype, view = _DISK_DTYPES.get(f.dtype, (None, None))
                 path = self.directory / f"level{level}.bin"
                 if np_dtype is None:
                     np_dtype = torch.empty((), dtype=f.dtype).numpy().dtype
-                array = np.memmap(path, dtype=np_dtype, mode="w+", shape=(self.capacity, *f.shape[1:]))
-                tensor = torch.from_numpy(array)
-                self.levels.append(tensor.view(f.dtype) if view is not None else tensor)
+                # channels-last features are stored image by image as [h, w, C] blocks and viewed back as NCHW
+                shape = (self.capacity, *f.shape[2:], f.shape[1]) if last else (self.capacity, *f.shape[1:])
+                tensor = torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="w+", shape=shape))
+                tensor = tensor.view(f.dtype) if view is not None else tensor
+                self.levels.append(tensor.permute(0, 3, 1, 2) if last else tensor)
                 self._files.append(path)
         self.filled = torch.zeros(self.capacity, dtype=torch.bool)
         return 0 if self.on_disk else self.bytes
@@ -169,19 +175,21 @@ class FeatureStore:
         return slot
 
     def gather(self, slots: Sequence[int]) -> list[Tensor]:
-        index = torch.as_tensor(slots, dtype=torch.long)
+        """The stored features of ``slots``, in that order, on the training device, in the teacher's memory format.
+
+        Advanced indexing keeps the storage's (= the teacher's) memory format and copies whole image blocks:
+        ``index_select`` on channels-last storage measured ~15x slower on CPU."""
         out = []
-        for level, last in zip(self.levels, self.channels_last, strict=True):
-            picked = level.index_select(0, index.to(level.device)).to(self.device, non_blocking=True)
-            out.append(picked.contiguous(memory_format=torch.channels_last) if last else picked)
+        for level in self.levels:
+            index = torch.as_tensor(slots, dtype=torch.long, device=level.device)
+            out.append(level[index].to(self.device, non_blocking=True))
         return out
 
     def store(self, slots: Sequence[int], features: Sequence[Tensor]) -> None:
-        index = torch.as_tensor(slots, dtype=torch.long)
         for level, f in zip(self.levels, features, strict=True):
-            level.index_copy_(0, index.to(level.device), f.detach().to(level.device))
+            level[torch.as_tensor(slots, dtype=torch.long, device=level.device)] = f.detach().to(level.device)
         assert self.filled is not None
-        self.filled[index] = True
+        self.filled[torch.as_tensor(slots, dtype=torch.long)] = True
 
 
 @dataclass
