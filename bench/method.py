@@ -299,7 +299,7 @@ def measure_method(
             "params_trainable": params["trainable"],
             "params_total": params["total"],
             "frozen_teachers_eval_no_grad": frozen_ok,
-            "speed": {k: bool(v) for k, v in (cfg.get("speed") or {}).items()},
+            "speed": {k: v if k.startswith("teacher_cache") else bool(v) for k, v in (cfg.get("speed") or {}).items()},
             **training,
             **rates,
             **test,

@@ -46,6 +46,11 @@ TINY = [
     "bench.deploy.predict.methods=[rd]",
     "bench.deploy.predict.images=6",
     "bench.deploy.predict.rounds=1",
+    # fits of several epochs (the quick smoke: 2 epochs): STFPM with the teacher cache on and off; anomalib's side
+    # needs its own venv (built from the package index), so it is left to `make bench`
+    "bench.fit.methods=[stfpm]",
+    "bench.fit.epochs=2",
+    "bench.fit.anomalib.enabled=false",
 ]
 
 
@@ -81,7 +86,13 @@ def test_bench_writes_every_figure(bench_run: tuple[dict, str, Path]) -> None:
         assert 0 < row["params_trainable"] < row["params_total"]
         assert row["frozen_teachers_eval_no_grad"] is True
         assert row["peak_rss_bytes"] >= row["rss_start_bytes"] > 0
-        assert row["speed"] == {"channels_last": True, "compile": False}
+        assert row["speed"] == {
+            "channels_last": True,
+            "compile": False,
+            "teacher_cache": "auto",
+            "teacher_cache_memory_gb": 4.0,
+            "teacher_cache_dir": None,
+        }
     # STFPM's student is the teacher's architecture: as many trainable parameters as the frozen teacher holds
     assert rows["stfpm"]["params_trainable"] * 2 == rows["stfpm"]["params_total"]
     layout, workers = results["options"]
@@ -173,7 +184,12 @@ def test_timed_attribute_times_and_restores() -> None:
 
 def test_speed_options_compose_and_apply(tmp_path: Path) -> None:
     cfg = compose_config(["data.image_size=64"], tmp_path)
-    assert dict(cfg.speed) == {"channels_last": True, "compile": False}  # on where measured to win (README)
+    # on where measured to win (README); the teacher cache wherever it cannot change results
+    assert {k: cfg.speed[k] for k in ("channels_last", "compile", "teacher_cache")} == {
+        "channels_last": True,
+        "compile": False,
+        "teacher_cache": "auto",
+    }
     plain = hydra.utils.instantiate(cfg.method).eval()
     fast = hydra.utils.instantiate(cfg.method).eval()
     fast.load_state_dict(plain.state_dict())
@@ -188,6 +204,56 @@ def test_speed_options_compose_and_apply(tmp_path: Path) -> None:
     apply_speed(fast, compile=True)  # lazy: nothing compiles until the first call
     compiled = {name for name, child in fast.model.named_children() if child._compiled_call_impl is not None}
     assert compiled == {"teacher", "bottleneck", "decoder"}  # the networks; not the parameter-free map head
+    assert fast.teacher_cache.mode == "auto"
+
+
+def test_bench_fits_with_the_teacher_cache_on_and_off(bench_run: tuple[dict, str, Path]) -> None:
+    """bench.fit at the smoke size: STFPM's two fits of 2 epochs, the cache on (it fills in epoch 1, serves in
+    epoch 2) and off (the teacher's calls timed), their table; no anomalib side (disabled), so no versus target."""
+    results, printed, _ = bench_run
+    fits = {f["teacher_cache"]: f for f in results["fits"]}
+    assert set(fits) == {"auto", "off"} and results["versus"] == []
+    on, off = fits["auto"], fits["off"]
+    for fit in (on, off):
+        assert fit["method"] == "stfpm" and [e["images"] for e in fit["epochs"]] == [8, 8]
+        assert fit["fit_seconds"] > 0 and fit["later_images_per_s"] > 0 and fit["setup_seconds"] >= 0
+    assert on["cache_summary"].startswith("teacher cache: on (teacher: memory")
+    assert on["cache_stats"]["teacher"]["computed"] == 8 and on["cache_stats"]["teacher"]["hits"] == 8
+    assert off["cache_summary"] == "teacher cache: off (speed.teacher_cache=off)" and off["teacher_seconds"] > 0
+    assert "Training with the teacher-feature cache" in printed and "| stfpm | 32-true | auto | 2 x 8 |" in printed
+    targets = [t["target"] for t in results["targets"]]
+    assert not any(t.startswith(("rd: train img/s", "stfpm: kdad fit vs anomalib")) for t in targets)
+
+
+def test_fit_targets_say_why_they_miss() -> None:
+    from bench.report import _cache_check, _versus_check
+
+    def fit(cache: str, rate: float, teacher: float | None) -> dict:
+        summary = "teacher cache: on (teacher: memory (cpu), 1 MiB)" if cache == "auto" else "teacher cache: off (x)"
+        return {
+            "method": "rd",
+            "precision": "32-true",
+            "teacher_cache": cache,
+            "later_images_per_s": rate,
+            "cache_summary": summary,
+            "teacher_seconds": teacher,
+            "train_seconds": 10.0,
+        }
+
+    (check,) = _cache_check([fit("auto", 12.0, None), fit("off", 10.0, 2.0)], 1.3)
+    assert not check["pass"] and "1.20x" in check["measured"] and "20 % of an RD training step" in check["measured"]
+    assert "at most 1.25x" in check["measured"]
+    versus = {
+        "method": "stfpm",
+        "precision": "32-true",
+        "kdad": {"setup_seconds": 1.0, "fit_seconds": 9.0},
+        "anomalib": {"available": True, "fit_seconds": 20.0},
+    }
+    (check,) = _versus_check([versus], [], 1.5)
+    assert check["pass"] and check["measured"].startswith("2.00x")
+    versus["anomalib"] = {"available": False, "error": "no venv"}
+    (check,) = _versus_check([versus], [], 1.5)
+    assert not check["pass"] and "unavailable: no venv" in check["measured"]
 
 
 @pytest.mark.parametrize(
