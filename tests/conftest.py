@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -14,6 +15,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from fixtures import write_mvtec  # noqa: E402
+from parity import one_cpu_thread  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -21,6 +23,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One CPU thread for a whole test module, as the parity references were recorded (each parity test module has
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``); see ``parity.one_cpu_thread``."""
+    with one_cpu_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 
+import kdad.data  # noqa: F401  (registers the config's resolvers, kdad.category_dir in run_dir, as kdad.run does)
+
 if TYPE_CHECKING:
     from fixtures import Manifest
 

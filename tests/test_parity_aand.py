@@ -38,6 +38,8 @@ from kdad.methods.aand import AANDModule, multistep_at_fractions
 from kdad.methods.aand.amplification import ResidualAnomalyAmplification
 from kdad.methods.aand.losses import hard_cosine_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one CPU thread, as recorded (parity.one_cpu_thread)
+
 ARCHITECTURE = {"backbone": "wide_resnet50_2", "image_size": 256, "batch": 2, "channels": [256, 512, 1024]}
 # The released code's value of each of kdad's AAND switches (kdad's defaults are in conf/method/aand.yaml).
 # The two inits and the milestone rounding do not reach these numbers (the weights are seeded, one step is taken):
@@ -100,123 +102,116 @@ def _student_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
 
 
 @pytest.fixture(scope="module")
-def computed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Reference, dict[str, Tensor]]:
+def computed(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> tuple[Reference, dict[str, Tensor]]:
     """kdad's side of every recorded tensor, computed once: maps, one stage-I step, one stage-II step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    reference = load_reference("aand", ARCHITECTURE)
+    module = _module(tmp_path_factory.mktemp("aand_parity"))
+    model = module.model
+    filled = seed_module(model)
+    assert any(k.startswith("amplifier.") for k in filled) and any(k.startswith("decoder.") for k in filled)
+    seeded = {k: v.clone() for k, v in model.state_dict().items()}
+    # The frozen teacher (eval mode, no gradient) is deterministic, and the maps, stage I and stage II all run it
+    # on the same batch: one pass serves the three (2 s of the test's ~20).
+    teacher_forward, passes = model.teacher.forward, {}
+
+    def teacher_once(x: Tensor) -> list[Tensor]:
+        if x.data_ptr() not in passes:
+            passes[x.data_ptr()] = teacher_forward(x)
+        return passes[x.data_ptr()]
+
+    model.teacher.forward = teacher_once
+    images, mask, fg = parity_images(), parity_mask(), foreground_mask()
+    size = tuple(images.shape[-2:])
+    out: dict[str, Tensor] = {"input/images": images, "input/mask": mask, "input/foreground": fg}
+    # The optimisers kdad trains with: one per stage from the config's partials (stage lengths as kdad
+    # resolves them at fit start; the schedule does not act within one step).
+    module.stage1_epochs, module.stage2_epochs = 10, 10
+    (optimizer1, optimizer2), _ = module.configure_optimizers()
+
+    # ---- maps (evaluation_Stage1 / evaluation_Stage2) on the seeded weights, eval mode
+    module.eval()
+    seen: dict[str, object] = {}
+    hooks = [  # the pyramids the forward's two map heads compare
+        model.amplifier.register_forward_hook(lambda m, a, o: seen.update(raw=a[0], target=[x.features for x in o])),
+        model.decoder.register_forward_hook(lambda m, a, o: seen.update(student=o)),
+    ]
     try:
-        reference = load_reference("aand", ARCHITECTURE)
-        module = _module(tmp_path_factory.mktemp("aand_parity"))
-        model = module.model
-        filled = seed_module(model)
-        assert any(k.startswith("amplifier.") for k in filled) and any(k.startswith("decoder.") for k in filled)
-        seeded = {k: v.clone() for k, v in model.state_dict().items()}
-        # The frozen teacher (eval mode, no gradient) is deterministic, and the maps, stage I and stage II all run it
-        # on the same batch: one pass serves the three (2 s of the test's ~20).
-        teacher_forward, passes = model.teacher.forward, {}
-
-        def teacher_once(x: Tensor) -> list[Tensor]:
-            if x.data_ptr() not in passes:
-                passes[x.data_ptr()] = teacher_forward(x)
-            return passes[x.data_ptr()]
-
-        model.teacher.forward = teacher_once
-        images, mask, fg = parity_images(), parity_mask(), foreground_mask()
-        size = tuple(images.shape[-2:])
-        out: dict[str, Tensor] = {"input/images": images, "input/mask": mask, "input/foreground": fg}
-        # The optimisers kdad trains with: one per stage from the config's partials (stage lengths as kdad
-        # resolves them at fit start; the schedule does not act within one step).
-        module.stage1_epochs, module.stage2_epochs = 10, 10
-        (optimizer1, optimizer2), _ = module.configure_optimizers()
-
-        # ---- maps (evaluation_Stage1 / evaluation_Stage2) on the seeded weights, eval mode
-        module.eval()
-        seen: dict[str, object] = {}
-        hooks = [  # the pyramids the forward's two map heads compare
-            model.amplifier.register_forward_hook(
-                lambda m, a, o: seen.update(raw=a[0], target=[x.features for x in o])
-            ),
-            model.decoder.register_forward_hook(lambda m, a, o: seen.update(student=o)),
-        ]
-        try:
-            with torch.no_grad():
-                output = model(images)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        out["stage2_map/score"], out["stage2_map/map"] = output.score, output.anomaly_map
-        out["stage1_map/score"], out["stage1_map/map"] = output.auxiliary["stage1"]
-        head = model.anomaly_map
-        for name, (t, s) in {"stage1_map": ("raw", "target"), "stage2_map": ("target", "student")}.items():
-            maps = head.scale_maps(seen[t], seen[s])
-            out[f"{name}/fused"] = fuse_scales(maps, size, head.fusion, head.align_corners)[:, 0]
-
-        # ---- stage I: one iteration with teacher forcing, kdad's stage-I optimiser
-        module.train()
-        batch = {"image": images, "image_aug": images, "mask_aug": mask, "foreground": fg}
-        terms = model.stage1_terms(batch)
-        parts = model.stage1_objective(terms)
-        for i, (f, level) in enumerate(zip(terms.raw, terms.levels, strict=True)):
-            out[f"stage1/raw/level{i}"] = f
-            out[f"stage1/gate/level{i}"] = level.gate
-            out[f"stage1/factors/level{i}"] = level.factors
-            out[f"stage1/delta/level{i}"] = level.residual
-            out[f"stage1/amplified/level{i}"] = level.features
-            out[f"stage1/focal/level{i}"] = terms.focal[i]
-            out[f"stage1/amplification/level{i}"] = terms.amplification[i]
-        for key in ("focal", "amplification", "loss", "gate_precision", "gate_recall"):
-            out[f"stage1/{key}"] = parts[key]
-        trainable = [(f"amplifier.{k}", p) for k, p in model.amplifier.named_parameters()]
-        before = {k: p.detach().clone() for k, p in trainable}
-        optimizer1.zero_grad()
-        parts["loss"].backward()
-        optimizer1.step()
-        out.update(grads_and_steps(trainable, before))
-        out.update({f"param/{k}": p for k, p in trainable})
-
-        # ---- stage II: one iteration on the seeded weights, kdad's stage-II optimiser
-        model.load_state_dict(seeded)
-        module.train()
-        seen.clear()
-        hooks = [
-            model.amplifier.register_forward_hook(lambda m, a, o: seen.update(levels=o)),
-            model.bottleneck.register_forward_hook(lambda m, a, o: seen.__setitem__("embedding", o)),
-        ]
-        try:
-            target, student = model.stage2_features({"image": images})
-        finally:
-            for hook in hooks:
-                hook.remove()
-        loss = model.student_objective(target, student)
-        for i, (t, s, level) in enumerate(zip(target, student, seen["levels"], strict=True)):
-            out[f"stage2/gate/level{i}"] = level.gate
-            out[f"stage2/delta/level{i}"] = level.residual
-            out[f"stage2/amplified/level{i}"] = t
-            out[f"stage2/student/level{i}"] = s
-            out[f"stage2/hard/level{i}"] = hard_cosine_loss(t, s, model.hkd_topk)
-            out[f"stage2/global/level{i}"] = global_cosine_loss([t], [s])
-            out[f"stage2/hkd/level{i}"] = out[f"stage2/hard/level{i}"] + out[f"stage2/global/level{i}"]
-        out["stage2/embedding"] = seen["embedding"]
-        out["stage2/loss"] = loss
-        trainable = [(k, p) for k, p in model.named_parameters() if k.startswith(STUDENT_PREFIXES)]
-        before = {k: p.detach().clone() for k, p in trainable}
-        buffers_before = {k: seeded[k] for k in _student_buffers(model)}
-        optimizer2.zero_grad()
-        loss.backward()
-        optimizer2.step()
-        out.update(grads_and_steps(trainable, before))
-        out.update({f"param/{k}": p for k, p in trainable})
-        out.update({f"step/{k}": v - buffers_before[k] for k, v in _student_buffers(model).items()})
-        out.update(
-            {
-                f"optimizer{i}/{key}": torch.tensor(float(v))
-                for i, o in enumerate((optimizer1, optimizer2), 1)
-                for key, v in _hyperparameters(o).items()
-            }
-        )
-        return reference, {k: v.detach() for k, v in out.items()}
+        with torch.no_grad():
+            output = model(images)
     finally:
-        torch.set_num_threads(threads)
+        for hook in hooks:
+            hook.remove()
+    out["stage2_map/score"], out["stage2_map/map"] = output.score, output.anomaly_map
+    out["stage1_map/score"], out["stage1_map/map"] = output.auxiliary["stage1"]
+    head = model.anomaly_map
+    for name, (t, s) in {"stage1_map": ("raw", "target"), "stage2_map": ("target", "student")}.items():
+        maps = head.scale_maps(seen[t], seen[s])
+        out[f"{name}/fused"] = fuse_scales(maps, size, head.fusion, head.align_corners)[:, 0]
+
+    # ---- stage I: one iteration with teacher forcing, kdad's stage-I optimiser
+    module.train()
+    batch = {"image": images, "image_aug": images, "mask_aug": mask, "foreground": fg}
+    terms = model.stage1_terms(batch)
+    parts = model.stage1_objective(terms)
+    for i, (f, level) in enumerate(zip(terms.raw, terms.levels, strict=True)):
+        out[f"stage1/raw/level{i}"] = f
+        out[f"stage1/gate/level{i}"] = level.gate
+        out[f"stage1/factors/level{i}"] = level.factors
+        out[f"stage1/delta/level{i}"] = level.residual
+        out[f"stage1/amplified/level{i}"] = level.features
+        out[f"stage1/focal/level{i}"] = terms.focal[i]
+        out[f"stage1/amplification/level{i}"] = terms.amplification[i]
+    for key in ("focal", "amplification", "loss", "gate_precision", "gate_recall"):
+        out[f"stage1/{key}"] = parts[key]
+    trainable = [(f"amplifier.{k}", p) for k, p in model.amplifier.named_parameters()]
+    before = {k: p.detach().clone() for k, p in trainable}
+    optimizer1.zero_grad()
+    parts["loss"].backward()
+    optimizer1.step()
+    out.update(grads_and_steps(trainable, before))
+    out.update({f"param/{k}": p for k, p in trainable})
+
+    # ---- stage II: one iteration on the seeded weights, kdad's stage-II optimiser
+    model.load_state_dict(seeded)
+    module.train()
+    seen.clear()
+    hooks = [
+        model.amplifier.register_forward_hook(lambda m, a, o: seen.update(levels=o)),
+        model.bottleneck.register_forward_hook(lambda m, a, o: seen.__setitem__("embedding", o)),
+    ]
+    try:
+        target, student = model.stage2_features({"image": images})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    loss = model.student_objective(target, student)
+    for i, (t, s, level) in enumerate(zip(target, student, seen["levels"], strict=True)):
+        out[f"stage2/gate/level{i}"] = level.gate
+        out[f"stage2/delta/level{i}"] = level.residual
+        out[f"stage2/amplified/level{i}"] = t
+        out[f"stage2/student/level{i}"] = s
+        out[f"stage2/hard/level{i}"] = hard_cosine_loss(t, s, model.hkd_topk)
+        out[f"stage2/global/level{i}"] = global_cosine_loss([t], [s])
+        out[f"stage2/hkd/level{i}"] = out[f"stage2/hard/level{i}"] + out[f"stage2/global/level{i}"]
+    out["stage2/embedding"] = seen["embedding"]
+    out["stage2/loss"] = loss
+    trainable = [(k, p) for k, p in model.named_parameters() if k.startswith(STUDENT_PREFIXES)]
+    before = {k: p.detach().clone() for k, p in trainable}
+    buffers_before = {k: seeded[k] for k in _student_buffers(model)}
+    optimizer2.zero_grad()
+    loss.backward()
+    optimizer2.step()
+    out.update(grads_and_steps(trainable, before))
+    out.update({f"param/{k}": p for k, p in trainable})
+    out.update({f"step/{k}": v - buffers_before[k] for k, v in _student_buffers(model).items()})
+    out.update(
+        {
+            f"optimizer{i}/{key}": torch.tensor(float(v))
+            for i, o in enumerate((optimizer1, optimizer2), 1)
+            for key, v in _hyperparameters(o).items()
+        }
+    )
+    return reference, {k: v.detach() for k, v in out.items()}
 
 
 GROUPS = {

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -31,16 +30,9 @@ from kdad.blocks.anomaly_map import AnomalyMapHead
 from kdad.blocks.teacher import Teacher
 from kdad.methods.dskd.model import DualStudentDistillation
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one CPU thread, as recorded (parity.one_cpu_thread)
+
 ATOL = 1e-6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are tiny, and on the shared 2-core machine two threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,8 @@ from kdad.blocks.teacher import IMAGENET_STD, Teacher
 from kdad.data.synthesis.simplex import simplex_noise_3d
 from kdad.methods.base import AnomalyModule
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one CPU thread, as recorded (parity.one_cpu_thread)
+
 BATCH, SIZE = 2, 128
 ARCHITECTURE = {"teacher": "wide_resnet50_2", "image_size": SIZE, "batch": BATCH}
 TEACHER = ["teacher=wide_resnet50_2", "teacher.backbone=wide_resnet50_2", "teacher.weights=none"]
@@ -69,20 +71,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread, as the references were recorded. A training-mode forward (BatchNorm on batch
-    statistics, batch 2) amplifies rounding ~1000x over the 16 residual units of OCBE and decoder, so its results
-    depend on the summation order, i.e. on the thread count: with 2 threads kdad's own gradients move by ~2e-4
-    (relative) and no longer meet the 1e-5 tolerance; single-threaded they match the released code's. On the shared
-    2-core machine one thread is also the faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def teacher(config_dir: Path, single_thread: None) -> Teacher:
+def teacher(config_dir: Path, one_thread: None) -> Teacher:
     """The configured WRN50-2 teacher (random weights, then seeded), shared by RD and RD++."""
     cfg = compose_config(["method=rd", *TEACHER], config_dir)
     with warnings.catch_warnings():
@@ -352,7 +341,7 @@ def init_mismatches(reference: Reference, model: nn.Module) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def released_init(config_dir: Path, single_thread: None) -> nn.Module:
+def released_init(config_dir: Path, one_thread: None) -> nn.Module:
     """RD++'s trainable layers (OCBE, decoder, projections; RD's are the same modules) freshly initialised as
     configured, with the released upsampling init."""
     cfg = compose_config(["method=rdpp", *TEACHER], config_dir)

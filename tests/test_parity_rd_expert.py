@@ -4,6 +4,7 @@ The reference was recorded by running the released code (hito2448/URD @ 95dd027:
 batch, then ``train.test``) on randomly initialised WRN50-2 expert, teacher and student whose weights
 :func:`parity.seed_module` overwrote under kdad's state-dict names, the teacher with the expert's values (both start
 from the same pretrained weights in kdad and in the released code). How, and how to re-record it:
+
 ``kdad/methods/rd_expert/README.md``, "Parity with the released code".
 
 Here kdad's module is built from ``conf/method/rd_expert.yaml`` with the released settings (``gii: released``,
@@ -15,7 +16,7 @@ tensor's magnitude): expert and teacher features (train-mode BatchNorm for the t
 OCBE and decoder outputs, the GII intermediates, every loss term, all gradients, the one-step updates, the BatchNorm
 running statistics the step leaves, and the test-time maps before and after the blur and the image scores. The
 student initialisation, which seeding bypasses, is compared by its statistics. One CPU thread, as recorded (see
-``one_thread``).
+``parity.one_cpu_thread``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from torch import Tensor, nn
 from kdad.methods.rd_expert import RDExpertModule, ReverseDistillationExpert
 from kdad.methods.rd_expert.injection import GuidedInjection
 from kdad.methods.rd_expert.model import level_masks, teacher_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one CPU thread, as recorded (parity.one_cpu_thread)
 
 BATCH, SIZE = 2, 128
 ARCHITECTURE = {"backbone": "wide_resnet50_2", "image_size": SIZE, "batch": BATCH}
@@ -279,18 +282,6 @@ def reference() -> Reference:
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """The reference was recorded with one CPU thread, and this comparison needs the same: with train-mode
-    BatchNorm on a batch of 2, randomly initialised networks amplify rounding (measured with 2 threads: the
-    teacher's layer-3 features of the step already 9e-5 apart, the features after the Adam step 2e-3, the student
-    outputs beyond 10 %), so agreement to 1e-5 needs the same summation order on both sides."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def kdad_run(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[str, dict[str, Tensor]]:
     """The released iteration, the gated path's student stage from the same seeded start, and the released
     init's statistics."""
@@ -316,7 +307,7 @@ def kdad_run(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict
 
 def _assert_all_close(reference: Reference, names: set[str], got: dict[str, Tensor]) -> None:
     """:func:`parity.assert_close` for every name; one failure lists them all (the first 10), and says when this
-    machine's CPU kernels or torch differ from the recording's (see ``one_thread``: then re-record here)."""
+    machine's CPU kernels or torch differ from the recording's (see ``parity.one_cpu_thread``: then re-record here)."""
     failures = []
     for name in sorted(names):
         try:

@@ -10,7 +10,6 @@ tensor is compared at ``tests/parity.py::RTOL`` (1e-5 of its magnitude, fp32 on 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -24,6 +23,8 @@ from kdad.blocks.teacher import Teacher, encoder_student
 from kdad.errors import ConfigError
 from kdad.methods.base import AnomalyModule
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one CPU thread, as recorded (parity.one_cpu_thread)
+
 ARCHITECTURE = {"backbone": "resnet18", "taps": ["layer1", "layer2", "layer3"], "batch": 2, "image_size": 256}
 # The released code's value of each of kdad's STFPM switches (kdad's defaults are in conf/method/stfpm.yaml).
 RELEASED = [
@@ -33,18 +34,6 @@ RELEASED = [
     "method.model.zero_init_last=false",
     "method.model.batch_reduction=mean",
 ]
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """One intra-op thread (also the faster on the shared 2-core machine), as the reference was recorded: then
-    kdad's numbers are the released code's bit for bit, except the final resize. With 2 threads the convolutions
-    round differently (~1e-6) and the train-mode step (BatchNorm on a batch of 2, ReLU and max-pool decisions)
-    moves the stem's gradients by up to ~2e-3 relative: a summation-order effect, beyond the 1e-5 tolerance."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _module(tmp_path: Path, overrides: list[str]) -> AnomalyModule:
