@@ -16,6 +16,7 @@ import hydra
 import pytest
 import torch
 from helpers import compose_config
+from omegaconf import OmegaConf
 from parity import RTOL, assert_close, grads_and_steps, load_reference, parity_images, seed_module
 
 from kdad.blocks.anomaly_map import finest_size, fuse_scales
@@ -105,6 +106,15 @@ def test_stfpm_matches_the_released_code(tmp_path: Path) -> None:
         assert_close(reference, "after/val_criterion", model.loss({"image": images})["loss"])
     evaluation("after/")
     assert reference.meta["tolerance"]["rtol"] == RTOL
+
+
+def test_paper_preset_has_the_released_switches(tmp_path: Path) -> None:
+    """experiment=paper/stfpm_mvtec composes to the very setting this file holds to the released numbers."""
+    cfg = compose_config(["experiment=paper/stfpm_mvtec", "teacher.weights=none"], tmp_path)
+    for override in RELEASED:
+        key, value = override.split("=")
+        assert str(OmegaConf.select(cfg, key)).lower() == value, override
+    assert cfg.teacher.backbone.startswith("resnet18") and cfg.data.batch_size == 32
 
 
 def test_kdad_defaults_differ_from_the_released_map_only_as_documented(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """Distillation distances over lists of feature maps (one per tapped level, shallow to deep): the one registry.
 
 Every distance takes ``(teacher, student, batch_reduction)`` and sums its per-level terms. ``batch_reduction``
-says how the per-image terms are combined over the batch; each distance's default is its reference's reduction
-(RD's cosine losses average over the batch, STFPM's released code sums), which is what ``distillation_loss``
-uses. DSKD asks every distance for the batch mean, so that the weights of its two students mean the same
-whatever the distance.
+says how the per-image terms are combined over the batch; ``distillation_loss`` uses each distance's default (the
+cosine losses: RD's batch mean; ``stfpm_loss``: the sum, see there, although STFPM's released code averages).
+STFPM passes its own ``batch_reduction`` (default mean, the released one), and DSKD asks every distance for the
+batch mean, so that the weights of its two students mean the same whatever the distance.
 """
 
 from __future__ import annotations
@@ -60,8 +60,11 @@ def pixel_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batc
 def stfpm_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = "sum") -> Tensor:
     """STFPM: sum over levels of ||t/|t| - s/|s|||^2 summed over channels and averaged over positions.
 
-    The official code sums over the batch (so the effective step grows with batch size, which its SGD lr 0.4
-    with batch 32 was tuned for); ``batch_reduction='mean'`` makes the loss batch-size independent.
+    The released code (gdwang08/STFPM, ``torch.sum(d, 1).mean()``) also averages over the batch:
+    ``batch_reduction='mean'``, what STFPM passes by default (``method.model.batch_reduction``; held to the released
+    numbers by ``tests/test_parity_stfpm.py``). This function's own default, ``'sum'`` (the loss B times the batch
+    mean), is kdad's reading before that parity check; only ``distillation_loss('stfpm', ...)`` still reaches it
+    (another method's student with ``loss=stfpm``).
     """
     total = 0.0
     for t, s in zip(teacher, student, strict=True):
