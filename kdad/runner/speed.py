@@ -2,9 +2,8 @@
 teacher-feature cache.
 
 They change how the networks execute, never what they compute (the cache: within fp32 rounding). ``make bench``
-(``bench/``) times every method
-with each option on and off in the same run; an option is on by default only where it was measured to win
-(README, "Performance").
+(``bench/``) times every method with each option on and off in the same run; an option is on by default only where
+it was measured to win (README, "Performance"); the cache is on wherever it cannot change the results.
 """
 
 from __future__ import annotations
