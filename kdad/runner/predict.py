@@ -166,8 +166,10 @@ class Backend(Protocol):
     def prepare(self, rgb: np.ndarray) -> Any: ...
 
     def forward(
-        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records]
-    ) -> list[Finisher]: ...
+        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records] | None = None
+    ) -> list[Finisher]:
+        """``records``: each image's threshold records, given for a unified run only (else ``self.records``)."""
+        ...
 
 
 class TorchBackend:
@@ -209,9 +211,10 @@ class TorchBackend:
         return self._normalize(resize_rgb(rgb, self.image_size, self.interpolation))
 
     def forward(
-        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records]
+        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records] | None = None
     ) -> list[Finisher]:
         torch = self._torch
+        records = list(records) if records is not None else [self.records] * len(rgbs)
         with torch.inference_mode():
             output = self.model(torch.stack(list(prepared)).to(self.device))
             scores = output.score.float().cpu().numpy()
@@ -248,10 +251,10 @@ class ExportBackend:
         return None  # the inferencer resizes in predict_batch (a no-op copy when the size already matches)
 
     def forward(
-        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records]
+        self, rgbs: Sequence[np.ndarray], prepared: Sequence[Any], records: Sequence[Records] | None = None
     ) -> list[Finisher]:
         categories = None
-        if self.category_records is not None:
+        if self.category_records is not None and records is not None:
             by_records = {id(r): c for c, r in self.category_records.items()}
             categories = [by_records[id(r)] for r in records]
         return [partial(_identity, p) for p in self.inferencer.predict_batch(list(rgbs), categories)]
@@ -424,9 +427,8 @@ def _load(image: InputImage, backend: Backend) -> Loaded:
 
 def _records(backend: Backend, image: InputImage) -> Records:
     """The threshold records deciding ``image``: its category's for a unified run, else the run's."""
-    if backend.category_records is None:
-        return backend.records
-    return backend.category_records[str(image.category)]
+    table = getattr(backend, "category_records", None)
+    return backend.records if table is None else table[str(image.category)]
 
 
 def _finish(loaded: Loaded, finisher: Finisher, writer: PredictionWriter, records: Records) -> dict[str, Any]:
@@ -548,9 +550,9 @@ def predict_images(
             if readable:
                 forward_started = time.perf_counter()
                 records = [_records(backend, item.image) for item in readable]
-                finishers = backend.forward(
-                    [item.rgb for item in readable], [item.prepared for item in readable], records
-                )
+                rgbs, inputs = [item.rgb for item in readable], [item.prepared for item in readable]
+                unified = getattr(backend, "category_records", None) is not None
+                finishers = backend.forward(rgbs, inputs, records) if unified else backend.forward(rgbs, inputs)
                 summary.model_seconds += time.perf_counter() - forward_started
                 for item, finisher, record in zip(readable, finishers, records, strict=True):
                     item.prepared = None  # the model input is no longer needed
@@ -618,13 +620,13 @@ def predict(cfg: DictConfig, quiet: bool = False) -> PredictSummary:
     run_dir = backend.run_dir
     images = assign_categories(images, backend, cfg.get("category"), run_dir)
     output = output if output is not None else default_output(run_dir, input_spec)  # a new folder: excludes nothing
-    has_thresholds = backend.records.image is not None or backend.category_records is not None
+    has_thresholds = backend.records.image is not None or getattr(backend, "category_records", None) is not None
     if not has_thresholds:
         log.warning(
             "Run %s has no stored thresholds: scores only (no decisions, no masks; overlays coloured per image).",
             run_dir,
         )
-    writer = PredictionWriter(output, unified=backend.category_records is not None)
+    writer = PredictionWriter(output, unified=getattr(backend, "category_records", None) is not None)
     summary = PredictSummary(output=output, backend=backend.name, thresholds=has_thresholds)
     try:
         predict_images(
@@ -652,7 +654,7 @@ def assign_categories(
 ) -> list[InputImage]:
     """The inputs with their categories for a unified run (``category=``, else inferred from each path: see the module
     docstring); PredictError when an input's category is unknown, or ``category=`` is given for a one-category run."""
-    if backend.category_records is None:
+    if getattr(backend, "category_records", None) is None:
         if category is not None:
             raise PredictError(
                 f"category={category} chooses among the per-category thresholds of a unified run, but {run_dir} is a "
