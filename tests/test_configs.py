@@ -106,6 +106,7 @@ SIMPLEX = {
     "octaves": 6,
     "persistence": 0.6,
     "frequency": 32.0,
+    "calibration": "opensimplex",
 }
 
 NONE = {"method": "none"}

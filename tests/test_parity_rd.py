@@ -39,7 +39,7 @@ from kdad.blocks.decoder import MirroredDecoder
 from kdad.blocks.losses import global_cosine_loss
 from kdad.blocks.projection import contrast_loss, reconstruction_loss, sinkhorn_divergence
 from kdad.blocks.teacher import IMAGENET_STD, Teacher
-from kdad.data.synthesis.simplex import simplex_noise_3d
+from kdad.data.synthesis.simplex import SimplexNoisePatch, simplex_noise_3d
 from kdad.methods.base import AnomalyModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one CPU thread, as recorded (parity.one_cpu_thread)
@@ -378,21 +378,36 @@ def test_configs_keep_kdads_upsample_init(config_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- kdad's own simplex noise (its RNG differs)
-@pytest.mark.xfail(
-    strict=True,
-    reason="kdad.data.synthesis.simplex draws classic (Gustavson) simplex noise, the released code OpenSimplex: "
-    "for RD++'s 6-octave 31 px patch kdad's root mean square is ~1.3x and its max ~1.6x the released noise's",
-)
-def test_kdad_simplex_noise_has_the_released_statistics(rdpp_reference: Reference) -> None:
+def _noise_statistics(calibration: str) -> np.ndarray:
+    """Mean over 64 seeds of [root mean square, max |x|, lag-1 correlation along width] of RD++'s 6-octave
+    (persistence 0.6, frequency 32) noise on a 31 x 31 patch: what the reference records of the released one."""
     stats = []
     for seed in range(1, 65):
-        x = simplex_noise_3d((3, 31, 31), np.random.default_rng(seed), 32.0, 6, 0.6).astype(np.float64)
-        a, b = x[..., :-1].ravel(), x[..., 1:].ravel()
-        stats.append([np.sqrt(np.mean(x**2)), np.abs(x).max(), np.corrcoef(a, b)[0, 1]])
-    got = np.mean(stats, axis=0)
+        x = simplex_noise_3d((3, 31, 31), np.random.default_rng(seed), 32.0, 6, 0.6, calibration=calibration)
+        x = x.astype(np.float64)
+        stats.append(
+            [np.sqrt(np.mean(x**2)), np.abs(x).max(), np.corrcoef(x[..., :-1].ravel(), x[..., 1:].ravel())[0, 1]]
+        )
+    return np.mean(stats, axis=0)
+
+
+def test_kdad_simplex_noise_has_the_released_statistics(rdpp_reference: Reference) -> None:
+    """kdad's noise is classic simplex, the released code's OpenSimplex: the numbers cannot match, but RD++'s default
+    calibration (amplitude x 0.741, features x 1.84: kdad/data/synthesis/simplex.py) gives the released field's
+    amplitude, maximum and smoothness (measured 0.396 / 0.98 / 0.966 vs the recorded 0.399 / 0.95 / 0.965)."""
     released = rdpp_reference.fields("noise/statistics")["sample"]
-    np.testing.assert_allclose(got[:2], released[:2], rtol=0.1)
-    assert abs(got[2] - released[2]) < 0.02
+    got = _noise_statistics("opensimplex")
+    assert got[0] == pytest.approx(released[0], rel=0.05) and got[1] == pytest.approx(released[1], rel=0.1), got
+    assert abs(got[2] - released[2]) < 0.01
+    # calibration=none, plain classic simplex (kdad's RD++ noise before): ~1.3x the root mean square, ~1.6x the max
+    classic = _noise_statistics("none")
+    assert 1.2 < classic[0] / released[0] < 1.45 and classic[1] / released[1] > 1.4
+
+
+def test_rdpp_trains_on_the_calibrated_noise(config_dir: Path) -> None:
+    cfg = compose_config(["method=rdpp"], config_dir)
+    assert cfg.synthesis.synthesizer.calibration == "opensimplex"
+    assert SimplexNoisePatch().calibration == "opensimplex"
 
 
 def test_map_head_of_rd_is_the_released_one() -> None:

@@ -7,6 +7,15 @@ in [0, 1] RGB, before ImageNet normalisation.
 The noise is classic simplex noise (Perlin 2001, in the formulation popularised by Gustavson), with a
 permutation table drawn from the caller's generator; it is evaluated for all points at once with
 numpy instead of point by point.
+
+RD++'s released code draws OpenSimplex noise instead (``dataset/noise.py``, a port of lmas/opensimplex), a
+different lattice with a different output scale: at the same ``frequency`` one octave of it has about 0.74x the
+root mean square of classic simplex and features about 1.84x as large (measured, see ``OPENSIMPLEX_AMPLITUDE``).
+kdad does not reimplement OpenSimplex; ``calibration="opensimplex"`` (the default of :class:`SimplexNoisePatch`,
+i.e. of RD++ in kdad) scales classic simplex's amplitude and lattice by those two measured factors, so that the
+patch has the released field's amplitude, maximum and smoothness at the released settings (held by
+``tests/test_parity_rd.py`` against the recorded statistics of the released generator). ``calibration="none"``
+is plain classic simplex, RD++'s noise in kdad before (about 1.3x the released root mean square, finer).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from kdad.data.synthesis._common import check_rng, to_float01
+from kdad.errors import check_choice
 
 __all__ = ["SimplexNoisePatch", "fractal_bound", "simplex_noise_3d"]
 
@@ -33,6 +43,17 @@ _GRADIENTS = np.array(
 _OUTPUT_SCALE = 32.0
 # Radius^2 of each corner's kernel; 0.6 is the usual choice (continuous across simplex borders).
 _KERNEL_R2 = 0.6
+
+# Classic simplex matched to the OpenSimplex generator of RD++'s released code (dataset/noise.py @ 7f2ceb7, run as
+# plain Python outside the repository). One octave far from the origin, 32 released seeds vs 128 kdad permutations:
+# root mean square 0.315 (released) vs 0.425 (classic) -> amplitude x 0.741; lag-0.37 correlation 0.704 vs 0.260,
+# equal when classic's coordinates are scaled by 0.543 -> features x 1.84. With both, over 64 seeds, the 6-octave
+# (persistence 0.6) and 1-octave fields at frequency 4-32, 31-64 px, match the released root mean square within
+# 3 %, its maximum within 14 % (OpenSimplex's tails are a little heavier) and its neighbour correlation within 0.01
+# (kdad/methods/rdpp/README.md, "Pseudo-anomalies").
+OPENSIMPLEX_AMPLITUDE = 0.741
+OPENSIMPLEX_LATTICE = 0.543
+CALIBRATIONS = ("opensimplex", "none")
 
 
 def _permutation_table(rng: np.random.Generator) -> np.ndarray:
@@ -85,9 +106,15 @@ def _simplex_points(x: np.ndarray, y: np.ndarray, z: np.ndarray, perm: np.ndarra
     return _OUTPUT_SCALE * total
 
 
-def fractal_bound(octaves: int, persistence: float) -> float:
-    """Upper bound on |fractal sum| relative to one octave: sum_k persistence**k."""
-    return float(sum(persistence**k for k in range(octaves)))
+def fractal_bound(octaves: int, persistence: float, calibration: str = "none") -> float:
+    """Upper bound on |fractal sum| relative to one octave of classic simplex: sum_k persistence**k (times
+    ``OPENSIMPLEX_AMPLITUDE`` with ``calibration="opensimplex"``)."""
+    scale = OPENSIMPLEX_AMPLITUDE if _check_calibration(calibration) == "opensimplex" else 1.0
+    return scale * float(sum(persistence**k for k in range(octaves)))
+
+
+def _check_calibration(calibration: str) -> str:
+    return check_choice(calibration, CALIBRATIONS, "simplex calibration")
 
 
 def simplex_noise_3d(
@@ -97,6 +124,7 @@ def simplex_noise_3d(
     octaves: int = 1,
     persistence: float = 0.5,
     normalise: bool = False,
+    calibration: str = "none",
 ) -> np.ndarray:
     """Fractal 3-D simplex noise on the integer grid of ``shape`` = (D, H, W), float32.
 
@@ -109,17 +137,23 @@ def simplex_noise_3d(
             halves it (doubles the spatial frequency).
         octaves: number of summed octaves.
         persistence: amplitude ratio between consecutive octaves.
-        normalise: divide by :func:`fractal_bound` so the result stays within ~[-1, 1]. RD++ does
-            not normalise (its 6-octave, 0.6-persistence sum reaches about 2.4x one octave).
+        normalise: divide by ``fractal_bound(octaves, persistence)`` so the result stays within ~[-1, 1] (times
+            the calibration's amplitude). RD++ does not normalise (its 6-octave, 0.6-persistence sum reaches about
+            2.4x one octave).
+        calibration: "none" (classic simplex) or "opensimplex": the amplitude times ``OPENSIMPLEX_AMPLITUDE`` and
+            the coordinates times ``OPENSIMPLEX_LATTICE``, so that ``frequency`` means what it means to the
+            OpenSimplex generator of RD++'s released code (see the module docstring).
 
     Returns:
-        float32 array of ``shape``; each octave lies in ~[-1, 1], the sum within
-        ``fractal_bound(octaves, persistence)`` (or ~[-1, 1] if ``normalise``).
+        float32 array of ``shape``; each octave lies in ~[-1, 1] (x ``OPENSIMPLEX_AMPLITUDE`` calibrated), the
+        sum within ``fractal_bound(octaves, persistence, calibration)`` (or that over the uncalibrated bound if
+        ``normalise``).
     """
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape must be three positive sizes (D, H, W), got {shape}")
     if octaves < 1 or frequency <= 0:
         raise ValueError(f"need octaves >= 1 and frequency > 0, got {octaves}, {frequency}")
+    calibrated = _check_calibration(calibration) == "opensimplex"
     rng = check_rng(rng)
     perm = _permutation_table(rng)
     offset = rng.uniform(0.0, 256.0, size=3)
@@ -127,7 +161,8 @@ def simplex_noise_3d(
     x, y, z = w.ravel() + offset[0], h.ravel() + offset[1], d.ravel() + offset[2]
 
     total = np.zeros(x.shape, dtype=np.float64)
-    amplitude, scale = 1.0, float(frequency)
+    amplitude = OPENSIMPLEX_AMPLITUDE if calibrated else 1.0
+    scale = float(frequency) / (OPENSIMPLEX_LATTICE if calibrated else 1.0)
     for _ in range(octaves):
         total += amplitude * _simplex_points(x / scale, y / scale, z / scale, perm)
         amplitude *= persistence
@@ -145,6 +180,9 @@ class SimplexNoisePatch:
             (clipped to the image size).
         amplitude: the noise is multiplied by this before it is added (image units: [0, 1]).
         octaves, persistence, frequency: fractal simplex parameters, see :func:`simplex_noise_3d`.
+        calibration: "opensimplex" (default: the released RD++ generator's amplitude and feature size, see the
+            module docstring) or "none" (classic simplex, ~1.3x the released root mean square and finer: kdad's
+            RD++ noise before the parity check).
     """
 
     def __init__(
@@ -154,6 +192,7 @@ class SimplexNoisePatch:
         octaves: int = 6,
         persistence: float = 0.6,
         frequency: float = 32.0,
+        calibration: str = "opensimplex",
     ) -> None:
         lo, hi = (int(s) for s in size_range)
         if not 1 <= lo < hi:
@@ -163,11 +202,12 @@ class SimplexNoisePatch:
         self.octaves = int(octaves)
         self.persistence = float(persistence)
         self.frequency = float(frequency)
+        self.calibration = _check_calibration(str(calibration))
 
     @property
     def max_abs_delta(self) -> float:
         """Bound on the per-pixel change: amplitude times the fractal bound."""
-        return self.amplitude * fractal_bound(self.octaves, self.persistence)
+        return self.amplitude * fractal_bound(self.octaves, self.persistence, self.calibration)
 
     def _patch_box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         lo, hi = self.size_range
@@ -195,7 +235,9 @@ class SimplexNoisePatch:
         noisy = to_float01(image)
         height, width = noisy.shape[:2]
         top, left, patch_h, patch_w = self._patch_box(height, width, rng)
-        noise = simplex_noise_3d((3, patch_h, patch_w), rng, self.frequency, self.octaves, self.persistence)
+        noise = simplex_noise_3d(
+            (3, patch_h, patch_w), rng, self.frequency, self.octaves, self.persistence, calibration=self.calibration
+        )
         # (C, h, w) -> (h, w, C): the noise's z axis is the colour channel.
         noisy[top : top + patch_h, left : left + patch_w] += self.amplitude * noise.transpose(1, 2, 0)
         mask = np.zeros((height, width), dtype=bool)
