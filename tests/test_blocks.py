@@ -238,11 +238,9 @@ def test_losses_zero_for_identical_features_and_positive_otherwise() -> None:
         assert loss(t, s) > 0.01
     for loss in (global_cosine_loss, pixel_cosine_loss, stfpm_loss):  # the batch sum is B times the batch mean
         assert torch.allclose(loss(t, s, batch_reduction="sum"), 3 * loss(t, s, batch_reduction="mean"))
-    # The functions' defaults: RD's cosine losses average over the batch, as released; stfpm_loss sums (kdad's
-    # reading before the STFPM parity check: the released code averages, and STFPM passes its batch_reduction, mean
-    # by default; the sum is only reached through distillation_loss("stfpm") by another method's student).
+    # The functions' defaults average over the batch, as the released RD4AD and STFPM code do.
     assert torch.equal(global_cosine_loss(t, s), global_cosine_loss(t, s, batch_reduction="mean"))
-    assert torch.equal(stfpm_loss(t, s), stfpm_loss(t, s, batch_reduction="sum"))
+    assert torch.equal(stfpm_loss(t, s), stfpm_loss(t, s, batch_reduction="mean"))
     with pytest.raises(ValueError, match="unknown distillation loss"):
         distillation_loss("l1", t, s)
 

@@ -57,14 +57,14 @@ def pixel_cosine_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batc
     return total
 
 
-def stfpm_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = "sum") -> Tensor:
+def stfpm_loss(teacher: Sequence[Tensor], student: Sequence[Tensor], batch_reduction: str = "mean") -> Tensor:
     """STFPM: sum over levels of ||t/|t| - s/|s|||^2 summed over channels and averaged over positions.
 
-    The released code (gdwang08/STFPM, ``torch.sum(d, 1).mean()``) also averages over the batch:
-    ``batch_reduction='mean'``, what STFPM passes by default (``method.model.batch_reduction``; held to the released
-    numbers by ``tests/test_parity_stfpm.py``). This function's own default, ``'sum'`` (the loss B times the batch
-    mean), is kdad's reading before that parity check; only ``distillation_loss('stfpm', ...)`` still reaches it
-    (another method's student with ``loss=stfpm``).
+    The released code (gdwang08/STFPM, ``torch.sum(d, 1).mean()``) also averages over the batch, and so does this
+    function by default (``batch_reduction='mean'``; held to the released numbers by ``tests/test_parity_stfpm.py``).
+    ``'sum'`` (B times the batch mean) was kdad's reading before that parity check; STFPM keeps it one switch away
+    (``method.model.batch_reduction``), and every caller without the switch (``distillation_loss('stfpm', ...)``,
+    another method's student with ``loss=stfpm``) gets the released reduction.
     """
     total = 0.0
     for t, s in zip(teacher, student, strict=True):
