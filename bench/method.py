@@ -74,13 +74,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return datamodule, module
 
 
-def make_trainer(cfg: DictConfig, module: L.LightningModule, callbacks: Sequence[L.Callback]) -> L.Trainer:
+def make_trainer(
+    cfg: DictConfig, module: L.LightningModule, callbacks: Sequence[L.Callback], epochs: int | None = None
+) -> L.Trainer:
     """The run's trainer, reduced to training and testing: no logger, checkpoints, validation or progress bar.
-    One epoch; methods trained in stages by epoch (AAND) one per stage (a stage length the config fixes as set):
-    their stage lengths follow the trainer's max_epochs."""
+    ``epochs`` (a fit of several epochs), or by default one epoch; methods trained in stages by epoch (AAND) one per
+    stage (a stage length the config fixes as set): their stage lengths follow the trainer's max_epochs."""
     return hydra.utils.instantiate(
         cfg.trainer,
-        max_epochs=int(getattr(module, "shortest_run", 1)),
+        max_epochs=int(epochs if epochs is not None else getattr(module, "shortest_run", 1)),
         max_steps=-1,
         limit_val_batches=0,
         num_sanity_val_steps=0,

@@ -36,32 +36,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from bench.method import run_overrides
+from bench.method import make_trainer, run_overrides
 from bench.timing import Bucket, SplitTimer, now, timed_attribute
 from kdad.runner.compare import compose_run_config
 from kdad.runner.train import build_modules
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements" / "lock.txt"
-
-
-def _fit_trainer(cfg: DictConfig, epochs: int, callbacks: list) -> Any:
-    return hydra.utils.instantiate(
-        cfg.trainer,
-        max_epochs=epochs,
-        max_steps=-1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
 
 
 def measure_kdad_fit(
@@ -79,7 +63,7 @@ def measure_kdad_fit(
         datamodule.setup("fit")
         setup_seconds = now(device) - start
         timer = SplitTimer(device, warmup_batches=0)
-        trainer = _fit_trainer(cfg, epochs, [timer])
+        trainer = make_trainer(cfg, module, [timer], epochs)
         teacher = Bucket()
         start = now(device)
         if cache == "off" and hasattr(module.model, "teacher"):
